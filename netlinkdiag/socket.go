@@ -54,8 +54,10 @@ type Socket struct {
 	UID     uint32 // owner's user id
 	Inode   uint32 // socket inode, 0 for request, TIME_WAIT and orphaned sockets
 
-	// Attrs holds the raw netlink attributes that followed the message
-	// (empty unless extensions were requested). It aliases the receive
-	// buffer; see Attributes to walk it.
+	// Attrs holds the raw netlink attributes that followed the message:
+	// those Request.Extensions asked for, and a few the kernel sends
+	// unasked (INET_DIAG_SHUTDOWN on full sockets, INET_DIAG_MARK to a
+	// reader with CAP_NET_ADMIN, ...); empty when there are none. It
+	// aliases the receive buffer; see Attributes to walk it.
 	Attrs []byte
 }

@@ -1,0 +1,70 @@
+package netlinkdiag
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// Conn is one NETLINK_SOCK_DIAG socket in one network namespace. It is not
+// safe for concurrent use.
+//
+// A dump that fails part way closes the socket, and the next DumpTCP opens a
+// fresh one in the same namespace, so a broken dump never leaks into the
+// next.
+type Conn struct {
+	c *conn
+}
+
+// Dial opens a sock_diag socket in the network namespace opts names. If the
+// namespace does not exist, the error wraps os.ErrNotExist and names its
+// path.
+func Dial(opts Options) (*Conn, error) {
+	path, err := nsPath(opts.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	c, err := dial(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{c: c}, nil
+}
+
+// Close closes the socket. DumpTCP fails after it.
+func (c *Conn) Close() error {
+	return c.c.close()
+}
+
+// DumpTCP dumps the TCP sockets req selects and calls fn for each, in the
+// order the kernel reports them. The Socket passed to fn, Attrs included, is
+// overwritten by the next one: copy what must outlive the call. An error from
+// fn ends the dump and is returned.
+//
+// DumpTCP returns an error wrapping ErrDumpInterrupted, after every socket
+// was delivered, if the kernel flagged the dump as inconsistent; one wrapping
+// os.ErrNotExist if the namespace's path has disappeared; one wrapping
+// syscall.Errno for a kernel error (errors.Is(err, os.ErrPermission) for
+// EPERM and EACCES); ErrMalformed for a reply that does not decode; and
+// ctx.Err() when ctx ends first. A single receive waits at most 10 seconds.
+//
+// When the Conn was opened for a namespace path, DumpTCP checks the path
+// first: if it now names another namespace, the dump runs there.
+func (c *Conn) DumpTCP(ctx context.Context, req Request, fn func(*Socket) error) error {
+	return c.c.dumpTCP(ctx, req, fn)
+}
+
+// nsPath turns Options.NetNS into the path of a namespace file, "" for the
+// caller's namespace.
+func nsPath(netns string) (string, error) {
+	switch {
+	case netns == "":
+		return "", nil
+	case strings.Contains(netns, "/"):
+		return netns, nil
+	case netns == "." || netns == "..":
+		return "", fmt.Errorf("netlinkdiag: invalid network namespace name %q", netns)
+	}
+	return filepath.Join("/run/netns", netns), nil
+}
