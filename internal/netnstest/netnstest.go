@@ -74,6 +74,9 @@ func create(name string) error {
 		return fmt.Errorf("restore namespace: %w", serr)
 	}
 	runtime.UnlockOSThread()
+	if err != nil {
+		_ = netns.DeleteNamed(name)
+	}
 	return err
 }
 
