@@ -1,0 +1,187 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
+)
+
+// fakeDumper replays scripted dumps: each call takes the next step.
+type fakeDumper struct {
+	steps []step
+	calls int
+	clock *fakeClock
+}
+
+type step struct {
+	socks []netlinkdiag.Socket
+	err   error         // returned after the sockets
+	took  time.Duration // clock advance during the dump
+}
+
+func (f *fakeDumper) DumpTCP(ctx context.Context, req netlinkdiag.Request, fn func(*netlinkdiag.Socket) error) error {
+	if f.calls >= len(f.steps) {
+		return fmt.Errorf("script exhausted after %d dumps", f.calls)
+	}
+	s := f.steps[f.calls]
+	f.calls++
+	for i := range s.socks {
+		if err := fn(&s.socks[i]); err != nil {
+			return err
+		}
+	}
+	f.clock.now = f.clock.now.Add(s.took)
+	return s.err
+}
+
+type fakeClock struct{ now time.Time }
+
+func (c *fakeClock) Now() time.Time { return c.now }
+
+func est(cookie uint64) netlinkdiag.Socket {
+	return netlinkdiag.Socket{Family: syscall.AF_INET, State: netlinkdiag.StateEstablished, Cookie: cookie}
+}
+
+func TestPollerKeepsLastGoodSnapshotOnFailure(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	d := &fakeDumper{clock: clock, steps: []step{
+		{socks: []netlinkdiag.Socket{est(1), est(2)}},
+		// A receive error after one socket: must not be published.
+		{socks: []netlinkdiag.Socket{est(1)}, err: fmt.Errorf("receive: %w", syscall.ENOBUFS)},
+		{socks: []netlinkdiag.Socket{est(1), est(2), est(3)}},
+	}}
+	var polls []time.Duration
+	p := NewPoller(d, Config{Interval: time.Second, MaxTracked: 10, Now: clock.Now,
+		ObservePoll: func(d time.Duration) { polls = append(polls, d) }})
+	ctx := context.Background()
+
+	if err := p.Poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	first := p.Snapshot()
+	if first.Sockets[IPv4][Established] != 2 {
+		t.Fatalf("first poll counted %d ESTABLISHED, want 2", first.Sockets[IPv4][Established])
+	}
+	clock.now = clock.now.Add(time.Second)
+	if err := p.Poll(ctx); !errors.Is(err, syscall.ENOBUFS) {
+		t.Fatalf("second poll err = %v, want ENOBUFS", err)
+	}
+	s := p.Snapshot()
+	if s.Sockets != first.Sockets || !s.Time.Equal(first.Time) {
+		t.Errorf("a failed poll replaced the gauges: %v at %v", s.Sockets[IPv4], s.Time)
+	}
+	if s.Errors[ReasonNoBuffer] != 1 || s.Polls != 2 {
+		t.Errorf("errors %v polls %d, want one enobufs in two polls", s.Errors, s.Polls)
+	}
+	if first.Polls != 1 {
+		t.Errorf("published snapshot changed after publication: polls %d", first.Polls)
+	}
+	clock.now = clock.now.Add(time.Second)
+	if err := p.Poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s = p.Snapshot()
+	if s.Sockets[IPv4][Established] != 3 || s.Tracked != 3 {
+		t.Errorf("recovered poll: %d ESTABLISHED, %d tracked; want 3 and 3", s.Sockets[IPv4][Established], s.Tracked)
+	}
+	// The socket appeared after the first poll: one transition, no more
+	// (the failed poll must not have closed socket 2).
+	if got := s.Transitions[Closed][Established]; got != 1 {
+		t.Errorf("CLOSED->ESTABLISHED = %d, want 1", got)
+	}
+	if got := s.Transitions[Established][Closed]; got != 0 {
+		t.Errorf("ESTABLISHED->CLOSED = %d, want 0", got)
+	}
+	if len(polls) != 3 {
+		t.Errorf("poll durations observed %d times, want 3", len(polls))
+	}
+}
+
+func TestPollerRetriesInterruptedDump(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	d := &fakeDumper{clock: clock, steps: []step{
+		{socks: []netlinkdiag.Socket{est(1)}, err: netlinkdiag.ErrDumpInterrupted},
+		{socks: []netlinkdiag.Socket{est(1), est(2)}},
+		{socks: []netlinkdiag.Socket{est(1)}, err: netlinkdiag.ErrDumpInterrupted},
+		{socks: []netlinkdiag.Socket{est(1)}, err: netlinkdiag.ErrDumpInterrupted},
+	}}
+	p := NewPoller(d, Config{MaxTracked: 10, Now: clock.Now})
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatalf("an interrupted dump followed by a whole one must succeed: %v", err)
+	}
+	s := p.Snapshot()
+	if s.Sockets[IPv4][Established] != 2 || s.Errors[ReasonInterrupted] != 1 {
+		t.Errorf("got %d ESTABLISHED, %d interrupted; want 2 and 1", s.Sockets[IPv4][Established], s.Errors[ReasonInterrupted])
+	}
+	clock.now = clock.now.Add(time.Second)
+	if err := p.Poll(context.Background()); !errors.Is(err, netlinkdiag.ErrDumpInterrupted) {
+		t.Fatalf("twice interrupted: err = %v", err)
+	}
+	s = p.Snapshot()
+	if s.Sockets[IPv4][Established] != 2 || s.Errors[ReasonInterrupted] != 3 || s.Tracked != 2 {
+		t.Errorf("after two interrupted dumps: %d ESTABLISHED, %d interrupted, %d tracked; want the last whole poll's 2, 3, 2",
+			s.Sockets[IPv4][Established], s.Errors[ReasonInterrupted], s.Tracked)
+	}
+}
+
+func TestPollerCountsOverrunsAndUnknownStates(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	odd := netlinkdiag.Socket{Family: syscall.AF_INET, State: 77, Cookie: 9}
+	d := &fakeDumper{clock: clock, steps: []step{
+		{socks: []netlinkdiag.Socket{est(1), odd}, took: 300 * time.Millisecond},
+		{socks: []netlinkdiag.Socket{est(1), odd}, took: 1500 * time.Millisecond},
+	}}
+	p := NewPoller(d, Config{Interval: time.Second, MaxTracked: 10, Now: clock.Now})
+	for range 2 {
+		if err := p.Poll(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := p.Snapshot()
+	if s.Overruns != 1 {
+		t.Errorf("overruns = %d, want 1", s.Overruns)
+	}
+	if s.Errors[ReasonUnknownState] != 2 || s.Unknown != 1 {
+		t.Errorf("unknown-state errors %d (want 2), unknown in last poll %d (want 1)", s.Errors[ReasonUnknownState], s.Unknown)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want Reason
+	}{
+		{fmt.Errorf("dump: %w", netlinkdiag.ErrDumpInterrupted), ReasonInterrupted},
+		{fmt.Errorf("x: %w", netlinkdiag.ErrMalformed), ReasonMalformed},
+		{fmt.Errorf("x: %w", syscall.EPERM), ReasonPermission},
+		{fmt.Errorf("x: %w", syscall.EACCES), ReasonPermission},
+		{fmt.Errorf("network namespace gone: %w", os.ErrNotExist), ReasonNamespace},
+		{fmt.Errorf("x: %w", syscall.ENOBUFS), ReasonNoBuffer},
+		{errors.New("other"), ReasonDump},
+	} {
+		if got := Classify(c.err); got != c.want {
+			t.Errorf("Classify(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}
+
+func TestPollerRunStopsOnCancel(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	d := &fakeDumper{clock: clock}
+	p := NewPoller(d, Config{Interval: time.Millisecond, Now: clock.Now})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}

@@ -1,0 +1,328 @@
+package collector
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
+)
+
+// sock is one socket of a scripted dump.
+type sock struct {
+	cookie  uint64
+	kstate  uint8
+	v6      bool
+	timer   uint8
+	expires uint32
+}
+
+type stay struct {
+	State State
+	D     time.Duration
+}
+
+// script drives a Tracker through scripted dumps on a fake clock.
+type script struct {
+	t     *testing.T
+	tr    *Tracker
+	epoch time.Time
+	stays []stay
+}
+
+func newScript(t *testing.T, max int) *script {
+	sc := &script{t: t, epoch: time.Unix(1_700_000_000, 0)}
+	sc.tr = NewTracker(max, func(s State, d time.Duration) { sc.stays = append(sc.stays, stay{s, d}) })
+	return sc
+}
+
+func (sc *script) feed(at time.Duration, socks ...sock) {
+	sc.tr.Begin(sc.epoch.Add(at))
+	for _, k := range socks {
+		s := netlinkdiag.Socket{Family: unix.AF_INET, State: k.kstate, Cookie: k.cookie, Timer: k.timer, Expires: k.expires}
+		if k.v6 {
+			s.Family = unix.AF_INET6
+		}
+		sc.tr.Observe(&s)
+	}
+}
+
+// poll applies a complete dump taken at the given offset from the epoch.
+func (sc *script) poll(at time.Duration, socks ...sock) PollResult {
+	sc.feed(at, socks...)
+	return sc.tr.Commit()
+}
+
+// takeStays returns and forgets the stays reported so far.
+func (sc *script) takeStays() []stay {
+	s := sc.stays
+	sc.stays = nil
+	return s
+}
+
+func (sc *script) wantTransitions(want map[[2]State]uint64) {
+	sc.t.Helper()
+	got := map[[2]State]uint64{}
+	tr := sc.tr.Transitions()
+	for from := range tr {
+		for to, n := range tr[from] {
+			if n > 0 {
+				got[[2]State{State(from), State(to)}] = n
+			}
+		}
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		sc.t.Errorf("transitions (-want +got)\n%s", d)
+	}
+}
+
+const (
+	kEstablished = netlinkdiag.StateEstablished
+	kSynSent     = netlinkdiag.StateSynSent
+	kFinWait2    = netlinkdiag.StateFinWait2
+	kTimeWait    = netlinkdiag.StateTimeWait
+	kCloseWait   = netlinkdiag.StateCloseWait
+	kNewSynRecv  = netlinkdiag.StateNewSynRecv
+)
+
+func TestTrackerMidpoints(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	// Appears between 0 s and 1 s: entered SYN_SEND at 0.5 s.
+	sc.poll(1*time.Second, sock{cookie: 7, kstate: kSynSent})
+	// Established between 1 s and 2 s: the SYN_SEND stay is 1.5-0.5 = 1 s.
+	sc.poll(2*time.Second, sock{cookie: 7, kstate: kEstablished})
+	if d := cmp.Diff([]stay{{SynSend, time.Second}}, sc.takeStays()); d != "" {
+		t.Errorf("stays after handshake (-want +got)\n%s", d)
+	}
+	res := sc.poll(4*time.Second, sock{cookie: 7, kstate: kEstablished})
+	if got, want := res.Oldest[Established], 2500*time.Millisecond; got != want {
+		t.Errorf("oldest ESTABLISHED = %v, want %v (entered at 1.5 s, now 4 s)", got, want)
+	}
+	// Gone between 4 s and 6 s: left ESTABLISHED at 5 s, a stay of 3.5 s.
+	res = sc.poll(6 * time.Second)
+	if d := cmp.Diff([]stay{{Established, 3500 * time.Millisecond}}, sc.takeStays()); d != "" {
+		t.Errorf("stays after vanishing (-want +got)\n%s", d)
+	}
+	if res.Tracked != 0 || res.Oldest != [NumStates]time.Duration{} {
+		t.Errorf("after vanishing: tracked %d, oldest %v; want nothing", res.Tracked, res.Oldest)
+	}
+	sc.wantTransitions(map[[2]State]uint64{
+		{Closed, SynSend}:      1,
+		{SynSend, Established}: 1,
+		{Established, Closed}:  1,
+	})
+}
+
+func TestTrackerUnknownStart(t *testing.T) {
+	sc := newScript(t, 100)
+	res := sc.poll(10*time.Second, sock{cookie: 1, kstate: kEstablished})
+	if res.Oldest[Established] != 0 {
+		t.Errorf("oldest at the first poll = %v, want 0 (ages from the first poll)", res.Oldest[Established])
+	}
+	res = sc.poll(11*time.Second, sock{cookie: 1, kstate: kEstablished})
+	if got, want := res.Oldest[Established], time.Second; got != want {
+		t.Errorf("oldest ESTABLISHED = %v, want %v (a lower bound from the first poll)", got, want)
+	}
+	res = sc.poll(13*time.Second, sock{cookie: 1, kstate: kCloseWait})
+	if s := sc.takeStays(); len(s) != 0 {
+		t.Errorf("stays = %v, want none: the first stay's start is unknown", s)
+	}
+	if got, want := res.Oldest[CloseWait], time.Second; got != want {
+		t.Errorf("oldest CLOSE_WAIT = %v, want %v (entered at 12 s)", got, want)
+	}
+	sc.poll(15 * time.Second)
+	if d := cmp.Diff([]stay{{CloseWait, 2 * time.Second}}, sc.takeStays()); d != "" {
+		t.Errorf("second stay (-want +got)\n%s", d)
+	}
+	// Present at the first poll is no transition; what it did after is.
+	sc.wantTransitions(map[[2]State]uint64{
+		{Established, CloseWait}: 1,
+		{CloseWait, Closed}:      1,
+	})
+}
+
+func TestTrackerCookieContinuity(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	sc.poll(time.Second, sock{cookie: 42, kstate: kNewSynRecv})
+	sc.poll(2*time.Second, sock{cookie: 42, kstate: kEstablished})
+	sc.poll(3*time.Second, sock{cookie: 42, kstate: kFinWait2})
+	res := sc.poll(4*time.Second, sock{cookie: 42, kstate: kTimeWait, timer: netlinkdiag.TimerTimeWait, expires: 59_800})
+	// The TIME_WAIT timer pins entry at 4 s - 0.2 s; the FIN_WAIT_2 stay
+	// ends there too.
+	if got, want := res.Oldest[TimeWait], 200*time.Millisecond; got != want {
+		t.Errorf("oldest TIME_WAIT = %v, want %v (pinned by the kernel timer)", got, want)
+	}
+	want := []stay{
+		{SynRcvd, time.Second},
+		{Established, time.Second},
+		{FinWait2, 1300 * time.Millisecond},
+	}
+	if d := cmp.Diff(want, sc.takeStays()); d != "" {
+		t.Errorf("stays (-want +got)\n%s", d)
+	}
+	sc.wantTransitions(map[[2]State]uint64{
+		{Closed, SynRcvd}:       1,
+		{SynRcvd, Established}:  1,
+		{Established, FinWait2}: 1,
+		{FinWait2, TimeWait}:    1,
+	})
+}
+
+func TestTrackerTimeWaitPinnedAtFirstPoll(t *testing.T) {
+	sc := newScript(t, 100)
+	res := sc.poll(0, sock{cookie: 3, kstate: kTimeWait, timer: netlinkdiag.TimerTimeWait, expires: 45_000})
+	if got, want := res.Oldest[TimeWait], 15*time.Second; got != want {
+		t.Errorf("oldest TIME_WAIT = %v, want %v", got, want)
+	}
+	sc.poll(time.Second, sock{cookie: 3, kstate: kTimeWait, timer: netlinkdiag.TimerTimeWait, expires: 44_000})
+	sc.poll(2 * time.Second)
+	// A pinned start is a known start: the stay counts.
+	if d := cmp.Diff([]stay{{TimeWait, 16500 * time.Millisecond}}, sc.takeStays()); d != "" {
+		t.Errorf("stays (-want +got)\n%s", d)
+	}
+}
+
+func TestTrackerTimerOutsideWindowIgnored(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	sc.poll(10*time.Second, sock{cookie: 3, kstate: kFinWait2})
+	// The timer claims entry at 11 s - 30 s, before the socket was last
+	// seen elsewhere: it is not believed, the midpoint is used.
+	res := sc.poll(11*time.Second, sock{cookie: 3, kstate: kTimeWait, timer: netlinkdiag.TimerTimeWait, expires: 30_000})
+	if got, want := res.Oldest[TimeWait], 500*time.Millisecond; got != want {
+		t.Errorf("oldest TIME_WAIT = %v, want %v", got, want)
+	}
+}
+
+func TestTrackerCountsAndFamilies(t *testing.T) {
+	sc := newScript(t, 100)
+	res := sc.poll(0,
+		sock{cookie: 1, kstate: kEstablished},
+		sock{cookie: 2, kstate: kEstablished, v6: true},
+		sock{cookie: 3, kstate: netlinkdiag.StateBoundInactive},
+		sock{cookie: 4, kstate: netlinkdiag.StateClose, v6: true},
+		sock{cookie: 5, kstate: 99},
+	)
+	var want Counts
+	want[IPv4][Established] = 1
+	want[IPv6][Established] = 1
+	want[IPv4][Closed] = 1
+	want[IPv6][Closed] = 1
+	if d := cmp.Diff(want, res.Sockets); d != "" {
+		t.Errorf("counts (-want +got)\n%s", d)
+	}
+	if res.Unknown != 1 || res.Tracked != 4 {
+		t.Errorf("unknown %d tracked %d, want 1 and 4", res.Unknown, res.Tracked)
+	}
+}
+
+func TestTrackerMemoryBound(t *testing.T) {
+	sc := newScript(t, 2)
+	sc.poll(0)
+	res := sc.poll(time.Second,
+		sock{cookie: 1, kstate: kEstablished},
+		sock{cookie: 2, kstate: kEstablished},
+		sock{cookie: 3, kstate: kCloseWait},
+	)
+	if res.Tracked != 2 || res.Untracked != 1 {
+		t.Errorf("tracked %d untracked %d, want 2 and 1", res.Tracked, res.Untracked)
+	}
+	if res.Sockets[IPv4][Established]+res.Sockets[IPv4][CloseWait] != 3 {
+		t.Errorf("untracked sockets must still be counted: %v", res.Sockets[IPv4])
+	}
+	// Room frees up only when the next complete dump shows sockets gone.
+	res = sc.poll(2*time.Second, sock{cookie: 3, kstate: kCloseWait}, sock{cookie: 4, kstate: kCloseWait})
+	if res.Tracked != 0 || res.Untracked != 2 {
+		t.Errorf("while full: tracked %d untracked %d, want 0 and 2", res.Tracked, res.Untracked)
+	}
+	res = sc.poll(3*time.Second, sock{cookie: 3, kstate: kCloseWait}, sock{cookie: 4, kstate: kCloseWait})
+	if res.Tracked != 2 || res.Untracked != 0 {
+		t.Errorf("after room freed: tracked %d untracked %d, want 2 and 0", res.Tracked, res.Untracked)
+	}
+	// They were there, untracked, before: their start is unknown, they
+	// age from now and their arrival is no transition.
+	if res.Oldest[CloseWait] != 0 {
+		t.Errorf("oldest CLOSE_WAIT = %v, want 0 (start unknown)", res.Oldest[CloseWait])
+	}
+	sc.wantTransitions(map[[2]State]uint64{
+		{Closed, Established}: 2,
+		{Established, Closed}: 2,
+	})
+	// With room to spare again, new sockets are new.
+	sc.poll(4*time.Second, sock{cookie: 4, kstate: kCloseWait})
+	sc.poll(5*time.Second, sock{cookie: 4, kstate: kCloseWait}, sock{cookie: 5, kstate: kSynSent})
+	if got := sc.tr.Transitions()[Closed][SynSend]; got != 1 {
+		t.Errorf("CLOSED->SYN_SEND = %d once no longer full, want 1", got)
+	}
+}
+
+func TestTrackerAbortInfersNothing(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	sc.poll(time.Second, sock{cookie: 1, kstate: kEstablished}, sock{cookie: 2, kstate: kEstablished})
+	// A partial dump that saw only socket 1 must not close socket 2.
+	sc.feed(2*time.Second, sock{cookie: 1, kstate: kCloseWait})
+	sc.tr.Abort()
+	if sc.tr.Len() != 2 {
+		t.Fatalf("tracked %d after an aborted dump, want 2", sc.tr.Len())
+	}
+	res := sc.poll(3*time.Second, sock{cookie: 1, kstate: kCloseWait}, sock{cookie: 2, kstate: kEstablished})
+	if res.Tracked != 2 {
+		t.Errorf("tracked %d, want 2", res.Tracked)
+	}
+	// What the partial dump saw stands: socket 1 entered CLOSE_WAIT at 1.5 s.
+	if got, want := res.Oldest[CloseWait], 1500*time.Millisecond; got != want {
+		t.Errorf("oldest CLOSE_WAIT = %v, want %v", got, want)
+	}
+	sc.wantTransitions(map[[2]State]uint64{
+		{Closed, Established}:    2,
+		{Established, CloseWait}: 1,
+	})
+}
+
+func TestTrackerAbortedFirstPollKeepsStartsUnknown(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.feed(0, sock{cookie: 1, kstate: kEstablished})
+	sc.tr.Abort()
+	// Socket 2 was there all along but the first dump broke off early.
+	sc.poll(time.Second, sock{cookie: 1, kstate: kEstablished}, sock{cookie: 2, kstate: kEstablished})
+	sc.wantTransitions(map[[2]State]uint64{})
+}
+
+func TestStateMapping(t *testing.T) {
+	want := map[uint8]State{
+		1: Established, 2: SynSend, 3: SynRcvd, 4: FinWait1, 5: FinWait2, 6: TimeWait,
+		7: Closed, 8: CloseWait, 9: LastAck, 10: Listen, 11: Closing, 12: SynRcvd, 13: Closed,
+	}
+	for k := 0; k < 256; k++ {
+		got, ok := FromKernel(uint8(k))
+		w, wok := want[uint8(k)]
+		if ok != wok || got != w {
+			t.Errorf("FromKernel(%d) = %v, %v; want %v, %v", k, got, ok, w, wok)
+		}
+	}
+	names := []string{"CLOSED", "LISTEN", "SYN_RCVD", "SYN_SEND", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT", "CLOSING", "CLOSE_WAIT", "LAST_ACK"}
+	for i, s := range States() {
+		if s.String() != names[i] {
+			t.Errorf("state %d is %q, want %q", i, s, names[i])
+		}
+		if p, err := ParseState(names[i]); err != nil || p != s {
+			t.Errorf("ParseState(%q) = %v, %v", names[i], p, err)
+		}
+	}
+	for alias, want := range map[string]State{
+		"SYN_SENT": SynSend, "syn-recv": SynRcvd, "NEW_SYN_RECV": SynRcvd, "FIN_WAIT1": FinWait1,
+		"FIN_WAIT2": FinWait2, "CLOSE": Closed, "BOUND_INACTIVE": Closed, "close-wait": CloseWait,
+	} {
+		if got, err := ParseState(alias); err != nil || got != want {
+			t.Errorf("ParseState(%q) = %v, %v; want %v", alias, got, err, want)
+		}
+	}
+	if _, err := ParseState("ESTABLISHED2"); err == nil {
+		t.Error("ParseState accepted an unknown name")
+	}
+}
