@@ -1,0 +1,207 @@
+package exporter
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/tcpstate/tcpstate_exporter/collector"
+)
+
+type fixed struct{ s *collector.Snapshot }
+
+func (f fixed) Snapshot() *collector.Snapshot { return f.s }
+
+func sample() *collector.Snapshot {
+	s := &collector.Snapshot{Time: time.Unix(1_700_000_000, 500_000_000), Polls: 12, Overruns: 1}
+	s.Sockets[collector.IPv4][collector.Established] = 7
+	s.Sockets[collector.IPv6][collector.Listen] = 2
+	s.Sockets[collector.IPv4][collector.CloseWait] = 3
+	s.Oldest[collector.CloseWait] = 90 * time.Second
+	s.Oldest[collector.Established] = 1500 * time.Millisecond
+	s.Tracked, s.Untracked = 12, 4
+	s.Errors[collector.ReasonInterrupted] = 2
+	s.Transitions[collector.Established][collector.CloseWait] = 3
+	s.Transitions[collector.Closed][collector.SynSend] = 5
+	return s
+}
+
+// allStates renders the 11 lines of a per-state metric, with overrides.
+func allStates(metric, extra string, v map[string]string) string {
+	var b strings.Builder
+	for _, st := range collector.States() {
+		val := "0"
+		if x, ok := v[st.String()]; ok {
+			val = x
+		}
+		fmt.Fprintf(&b, "%s{%sstate=%q} %s\n", metric, extra, st, val)
+	}
+	return b.String()
+}
+
+func TestCollectGauges(t *testing.T) {
+	e := New(fixed{sample()}, NewHistograms())
+	want := `# HELP tcpstate_sockets TCP sockets in each documented state at the latest complete poll.
+# TYPE tcpstate_sockets gauge
+` + allStates("tcpstate_sockets", `family="ipv4",`, map[string]string{"ESTABLISHED": "7", "CLOSE_WAIT": "3"}) +
+		allStates("tcpstate_sockets", `family="ipv6",`, map[string]string{"LISTEN": "2"}) + `# HELP tcpstate_oldest_in_state_seconds How long the longest-standing socket now in the state has been in it, as of the latest complete poll; 0 when no socket is in it. For sockets present when the exporter started it is a lower bound.
+# TYPE tcpstate_oldest_in_state_seconds gauge
+` + allStates("tcpstate_oldest_in_state_seconds", "", map[string]string{"CLOSE_WAIT": "90", "ESTABLISHED": "1.5"}) + `# HELP tcpstate_transitions_total State transitions observed between polls. Appearance counts as from CLOSED, disappearance as to CLOSED. Only pairs seen at least once are exported.
+# TYPE tcpstate_transitions_total counter
+tcpstate_transitions_total{from="CLOSED",to="SYN_SEND"} 5
+tcpstate_transitions_total{from="ESTABLISHED",to="CLOSE_WAIT"} 3
+# HELP tcpstate_poll_errors_total Poll errors by reason; unknown_state counts sockets in a kernel state with no documented name.
+# TYPE tcpstate_poll_errors_total counter
+tcpstate_poll_errors_total{reason="dump"} 0
+tcpstate_poll_errors_total{reason="enobufs"} 0
+tcpstate_poll_errors_total{reason="interrupted"} 2
+tcpstate_poll_errors_total{reason="malformed"} 0
+tcpstate_poll_errors_total{reason="namespace"} 0
+tcpstate_poll_errors_total{reason="permission"} 0
+tcpstate_poll_errors_total{reason="unknown_state"} 0
+# HELP tcpstate_polls_total Polls attempted.
+# TYPE tcpstate_polls_total counter
+tcpstate_polls_total 12
+# HELP tcpstate_poll_overruns_total Polls that took longer than the poll interval; the ticks they overran were skipped, not queued.
+# TYPE tcpstate_poll_overruns_total counter
+tcpstate_poll_overruns_total 1
+# HELP tcpstate_tracked_sockets Sockets whose time in state is tracked.
+# TYPE tcpstate_tracked_sockets gauge
+tcpstate_tracked_sockets 12
+# HELP tcpstate_untracked_sockets Sockets counted but not tracked because --max-tracked-sockets was reached.
+# TYPE tcpstate_untracked_sockets gauge
+tcpstate_untracked_sockets 4
+# HELP tcpstate_last_poll_timestamp_seconds Unix time of the latest complete poll; 0 before the first.
+# TYPE tcpstate_last_poll_timestamp_seconds gauge
+tcpstate_last_poll_timestamp_seconds 1.7000000005e+09
+`
+	names := []string{"tcpstate_sockets", "tcpstate_oldest_in_state_seconds", "tcpstate_transitions_total",
+		"tcpstate_poll_errors_total", "tcpstate_polls_total", "tcpstate_poll_overruns_total",
+		"tcpstate_tracked_sockets", "tcpstate_untracked_sockets", "tcpstate_last_poll_timestamp_seconds"}
+	if err := testutil.CollectAndCompare(e, strings.NewReader(want), names...); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestCollectEmptySnapshotHasEverySeries(t *testing.T) {
+	e := New(fixed{&collector.Snapshot{}}, NewHistograms())
+	if got := testutil.CollectAndCount(e, "tcpstate_sockets"); got != 22 {
+		t.Errorf("tcpstate_sockets has %d series, want 22 (every family and state, zeros included)", got)
+	}
+	if got := testutil.CollectAndCount(e, "tcpstate_oldest_in_state_seconds"); got != 11 {
+		t.Errorf("tcpstate_oldest_in_state_seconds has %d series, want 11", got)
+	}
+	if got := testutil.CollectAndCount(e, "tcpstate_state_duration_seconds"); got != 11 {
+		t.Errorf("tcpstate_state_duration_seconds has %d series, want 11", got)
+	}
+	if got := testutil.CollectAndCount(e, "tcpstate_transitions_total"); got != 0 {
+		t.Errorf("tcpstate_transitions_total has %d series before any transition, want 0", got)
+	}
+}
+
+func TestHistograms(t *testing.T) {
+	h := NewHistograms()
+	e := New(fixed{&collector.Snapshot{}}, h)
+	h.ObserveStay(collector.SynSend, 2*time.Millisecond)
+	h.ObserveStay(collector.Established, 2*time.Second)
+	h.ObserveStay(collector.Established, 2*time.Hour)
+	h.ObserveStay(collector.State(200), time.Second) // ignored, not a panic
+	h.ObservePoll(3 * time.Millisecond)
+
+	var b strings.Builder
+	b.WriteString("# HELP tcpstate_state_duration_seconds Completed stays of sockets in a TCP state, from entry to exit, each estimated to within one poll interval. Stays that began before the exporter started are not included.\n# TYPE tcpstate_state_duration_seconds histogram\n")
+	obs := map[string][]float64{"SYN_SEND": {0.002}, "ESTABLISHED": {2, 7200}}
+	for _, st := range collector.States() {
+		var sum float64
+		for _, o := range obs[st.String()] {
+			sum += o
+		}
+		for _, le := range append(DurationBuckets, 0) {
+			n := 0
+			for _, o := range obs[st.String()] {
+				if le == 0 || o <= le {
+					n++
+				}
+			}
+			l := fmt.Sprint(le)
+			if le == 0 {
+				l = "+Inf"
+			}
+			fmt.Fprintf(&b, "tcpstate_state_duration_seconds_bucket{state=%q,le=%q} %d\n", st, l, n)
+		}
+		fmt.Fprintf(&b, "tcpstate_state_duration_seconds_sum{state=%q} %v\n", st, sum)
+		fmt.Fprintf(&b, "tcpstate_state_duration_seconds_count{state=%q} %d\n", st, len(obs[st.String()]))
+	}
+	if err := testutil.CollectAndCompare(e, strings.NewReader(b.String()), "tcpstate_state_duration_seconds"); err != nil {
+		t.Error(err)
+	}
+	if got := testutil.CollectAndCount(e, "tcpstate_poll_duration_seconds"); got != 1 {
+		t.Errorf("tcpstate_poll_duration_seconds has %d series, want 1", got)
+	}
+}
+
+func TestLint(t *testing.T) {
+	h := NewHistograms()
+	h.ObserveStay(collector.Established, time.Second)
+	problems, err := testutil.CollectAndLint(New(fixed{sample()}, h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+func TestHandler(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(New(fixed{sample()}, NewHistograms()))
+	logger := slog.New(slog.DiscardHandler)
+	h, err := Handler(reg, reg, HTTPConfig{TelemetryPath: "/metrics", MaxRequestsInFlight: 2, Timeout: time.Second, Version: "test", Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+
+	body := get(t, srv.URL+"/metrics")
+	for _, want := range []string{
+		`tcpstate_sockets{family="ipv4",state="ESTABLISHED"} 7`,
+		`tcpstate_oldest_in_state_seconds{state="CLOSE_WAIT"} 90`,
+		`promhttp_metric_handler_requests_total{code="200"}`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if landing := get(t, srv.URL+"/"); !strings.Contains(landing, `href="/metrics"`) {
+		t.Errorf("landing page does not link /metrics:\n%s", landing)
+	}
+	if _, err := Handler(reg, reg, HTTPConfig{TelemetryPath: "metrics", Logger: logger}); err == nil {
+		t.Error("a telemetry path without a leading / was accepted")
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s\n%s", url, resp.Status, b)
+	}
+	return string(b)
+}

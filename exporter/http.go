@@ -1,0 +1,50 @@
+package exporter
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/exporter-toolkit/web"
+)
+
+// HTTPConfig configures the HTTP side.
+type HTTPConfig struct {
+	TelemetryPath       string        // where metrics are served, such as "/metrics"
+	MaxRequestsInFlight int           // concurrent scrapes served; more get 503
+	Timeout             time.Duration // a scrape taking longer gets 503
+	Version             string        // shown on the landing page
+	Logger              *slog.Logger
+}
+
+// Handler returns the exporter's HTTP handler: the metrics of g at
+// TelemetryPath and a landing page linking them at "/".
+func Handler(g prometheus.Gatherer, reg prometheus.Registerer, cfg HTTPConfig) (http.Handler, error) {
+	if cfg.TelemetryPath == "" || cfg.TelemetryPath[0] != '/' {
+		return nil, fmt.Errorf("telemetry path %q must start with /", cfg.TelemetryPath)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(cfg.TelemetryPath, promhttp.InstrumentMetricHandler(reg, promhttp.HandlerFor(g, promhttp.HandlerOpts{
+		ErrorLog:            slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelError),
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: cfg.MaxRequestsInFlight,
+		Timeout:             cfg.Timeout,
+		EnableOpenMetrics:   true,
+	})))
+	if cfg.TelemetryPath != "/" {
+		landing, err := web.NewLandingPage(web.LandingConfig{
+			Name:        "TCP State Exporter",
+			Description: "Linux TCP sockets by documented state, time in state and transitions, from sock_diag",
+			Version:     cfg.Version,
+			Links:       []web.LandingLinks{{Address: cfg.TelemetryPath, Text: "Metrics"}},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("landing page: %w", err)
+		}
+		mux.Handle("/", landing)
+	}
+	return mux, nil
+}
