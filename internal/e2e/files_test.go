@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/exporter-toolkit/web"
+	"go.yaml.in/yaml/v2"
+)
+
+func TestDockerfile(t *testing.T) {
+	var from []string
+	var expose, user, entrypoint, build string
+	for _, line := range strings.Split(string(readFile(t, deployPath(t, "Dockerfile"))), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch strings.ToUpper(f[0]) {
+		case "FROM":
+			from = append(from, f[1])
+		case "EXPOSE":
+			expose = f[1]
+		case "USER":
+			user = f[1]
+		case "ENTRYPOINT":
+			entrypoint = strings.Join(f[1:], " ")
+		case "RUN":
+			if strings.Contains(line, "go build") {
+				build = line
+			}
+		}
+	}
+	if len(from) != 2 {
+		t.Fatalf("want a two-stage build, FROM lines: %q", from)
+	}
+	if !strings.HasPrefix(from[0], "golang:1.26") {
+		t.Errorf("build stage FROM %s, want golang:1.26", from[0])
+	}
+	if !regexp.MustCompile(`^gcr\.io/distroless/static(-debian\d+)?:nonroot$`).MatchString(from[1]) {
+		t.Errorf("final stage FROM %s, want distroless/static:nonroot", from[1])
+	}
+	if expose != "9965" {
+		t.Errorf("EXPOSE %q, want 9965", expose)
+	}
+	if user == "" || strings.HasPrefix(user, "0") || strings.HasPrefix(user, "root") {
+		t.Errorf("USER %q, want a non-root user", user)
+	}
+	if build == "" {
+		t.Error("no go build step")
+	}
+	if !strings.Contains(entrypoint, "tcpstate_exporter") {
+		t.Errorf("ENTRYPOINT %s does not run the exporter", entrypoint)
+	}
+	if b := string(readFile(t, deployPath(t, "Dockerfile"))); !strings.Contains(b, "./cmd/tcpstate_exporter") || !strings.Contains(b, "CGO_ENABLED=0") {
+		t.Error("the build stage does not build ./cmd/tcpstate_exporter statically (CGO_ENABLED=0)")
+	}
+}
+
+// TestWebConfigExample validates deploy/web-config.yml with the
+// exporter-toolkit the exporter uses, its certificate paths pointed at a
+// throw-away certificate. The password hash is a placeholder that must
+// still have bcrypt's form.
+func TestWebConfigExample(t *testing.T) {
+	src := readFile(t, deployPath(t, "web-config.yml"))
+	var cfg struct {
+		TLS struct {
+			CertFile string `yaml:"cert_file"`
+			KeyFile  string `yaml:"key_file"`
+		} `yaml:"tls_server_config"`
+		Users map[string]string `yaml:"basic_auth_users"`
+	}
+	if err := yaml.Unmarshal(src, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TLS.CertFile == "" || cfg.TLS.KeyFile == "" {
+		t.Fatal("no tls_server_config cert_file and key_file")
+	}
+	if len(cfg.Users) == 0 {
+		t.Fatal("no basic_auth_users")
+	}
+	for u, h := range cfg.Users {
+		if !strings.Contains(h, "REPLACE") {
+			t.Errorf("user %s: hash %q is not an obvious placeholder", u, h)
+		}
+	}
+
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	writeSelfSignedCert(t, certFile, keyFile)
+	conf := strings.NewReplacer(cfg.TLS.CertFile, certFile, cfg.TLS.KeyFile, keyFile).Replace(string(src))
+	path := filepath.Join(dir, "web-config.yml")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := web.Validate(path); err != nil {
+		t.Fatalf("web-config.yml: %v", err)
+	}
+}
+
+func writeSelfSignedCert(t testing.TB, certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		DNSNames:     []string{"localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
