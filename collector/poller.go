@@ -3,6 +3,7 @@ package collector
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"sync"
@@ -68,9 +69,16 @@ func Classify(err error) Reason {
 // it is published.
 type Snapshot struct {
 	// Time is when the last complete poll started; zero until one has.
+	// When observing every namespace it is the oldest of their times.
 	Time time.Time
-	// PollResult holds that poll's gauges.
+	// PollResult holds that poll's gauges, summed over namespaces (Oldest:
+	// the oldest of any).
 	PollResult
+	// Namespaces holds each namespace's own gauges when observing every
+	// namespace; nil otherwise.
+	Namespaces []NamespaceResult
+	// Ports is the per-service-port breakdown.
+	Ports PortBreakdown
 
 	Polls       uint64                       // polls attempted
 	Errors      [NumReasons]uint64           // poll errors by reason
@@ -78,13 +86,51 @@ type Snapshot struct {
 	Transitions [NumStates][NumStates]uint64 // transitions seen, [from][to]
 }
 
+// NamespaceResult is one network namespace's part of a poll.
+type NamespaceResult struct {
+	Name string
+	// Time is when this namespace's last complete dump started.
+	Time time.Time
+	PollResult
+	// Took is how long its latest dump and tracking took.
+	Took time.Duration
+}
+
+// Namespace names a network namespace to observe.
+type Namespace struct {
+	ID   uint64 // identity, stable for the namespace's life (nsfs inode)
+	Name string // label value
+	Path string // what Dial opens
+}
+
+// DumpCloser is a Dumper holding a resource, such as a netlink socket.
+type DumpCloser interface {
+	Dumper
+	Close() error
+}
+
+// Discovery finds the namespaces to observe and opens dumpers into them.
+type Discovery struct {
+	// Discover lists the namespaces present now.
+	Discover func() ([]Namespace, error)
+	// Dial opens a dumper into a namespace Discover listed.
+	Dial func(Namespace) (DumpCloser, error)
+}
+
 // Config configures a Poller.
 type Config struct {
 	// Interval between polls; a poll that overruns it delays the next one
 	// rather than piling up.
 	Interval time.Duration
-	// MaxTracked bounds the sockets whose time in state is tracked.
+	// MaxTracked bounds the sockets whose time in state is tracked, over
+	// all namespaces together.
 	MaxTracked int
+	// PortTop is how many listening ports the port breakdown names; the
+	// rest are summed.
+	PortTop int
+	// AttributionStates are the states whose sockets' inodes are kept for
+	// process attribution.
+	AttributionStates []State
 	// ObserveStay, if set, receives every completed stay in a state.
 	ObserveStay func(State, time.Duration)
 	// ObservePoll, if set, receives the duration of every poll.
@@ -95,40 +141,119 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Poller polls a Dumper into a Tracker and publishes a Snapshot after each
-// poll.
-type Poller struct {
+// InodeState is a socket inode in one of the attribution states.
+type InodeState struct {
+	Inode uint32
+	State State
+}
+
+// target is one namespace being polled.
+type target struct {
+	ns      Namespace
 	dumper  Dumper
-	cfg     Config
+	closer  DumpCloser // nil for a dumper the caller owns
 	tracker *Tracker
+	seen    [NumStates][NumStates]uint64 // tracker transitions already counted
+	last    NamespaceResult              // last complete dump
+	ports   portTally
+	rows    []PortCount  // last complete dump's port rows
+	inodes  []InodeState // last complete dump's attribution inodes
+	pending []InodeState // being gathered by the current dump
+	lastErr string
 	observe func(*netlinkdiag.Socket) error
+}
+
+// Poller polls one namespace, or every namespace a Discovery finds, into
+// per-namespace Trackers and publishes a Snapshot after each poll.
+type Poller struct {
+	cfg       Config
+	discovery *Discovery
+	attrState [NumStates]bool
 
 	mu      sync.Mutex // serialises polls; guards the fields below
+	targets []*target
 	next    Snapshot
-	lastErr string
 
 	snap atomic.Pointer[Snapshot]
 }
 
-// NewPoller returns a Poller reading d.
-func NewPoller(d Dumper, cfg Config) *Poller {
+func newPoller(cfg Config) *Poller {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	p := &Poller{dumper: d, cfg: cfg, tracker: NewTracker(cfg.MaxTracked, cfg.ObserveStay)}
-	p.observe = func(s *netlinkdiag.Socket) error {
-		p.tracker.Observe(s)
-		return nil
+	p := &Poller{cfg: cfg}
+	for _, s := range cfg.AttributionStates {
+		if s < NumStates {
+			p.attrState[s] = true
+		}
 	}
 	p.snap.Store(&Snapshot{})
 	return p
 }
 
+// NewPoller returns a Poller reading the one namespace d dumps.
+func NewPoller(d Dumper, cfg Config) *Poller {
+	p := newPoller(cfg)
+	p.targets = []*target{p.newTarget(Namespace{}, d, nil)}
+	return p
+}
+
+// NewDiscoveringPoller returns a Poller that, at every poll, observes each
+// namespace disc finds, labelled by its name. Namespaces that appear are
+// opened; those that vanish are closed and dropped, without an error.
+func NewDiscoveringPoller(disc Discovery, cfg Config) *Poller {
+	p := newPoller(cfg)
+	p.discovery = &disc
+	return p
+}
+
+func (p *Poller) newTarget(ns Namespace, d Dumper, c DumpCloser) *target {
+	t := &target{ns: ns, dumper: d, closer: c, tracker: NewTracker(p.cfg.MaxTracked, p.cfg.ObserveStay)}
+	t.last.Name = ns.Name
+	t.observe = func(s *netlinkdiag.Socket) error {
+		t.tracker.Observe(s)
+		st, ok := FromKernel(s.State)
+		if !ok {
+			return nil
+		}
+		t.ports.add(s, st)
+		if p.attrState[st] {
+			t.pending = append(t.pending, InodeState{s.Inode, st})
+		}
+		return nil
+	}
+	return t
+}
+
 // Snapshot returns the latest published snapshot; it never blocks on a poll.
 func (p *Poller) Snapshot() *Snapshot { return p.snap.Load() }
+
+// AttributionInodes appends to dst the inodes (0 for sockets with no
+// owner) of sockets in the attribution states as of the latest complete
+// dumps, and returns it.
+func (p *Poller) AttributionInodes(dst []InodeState) []InodeState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, t := range p.targets {
+		dst = append(dst, t.inodes...)
+	}
+	return dst
+}
+
+// Close closes the dumpers the Poller opened itself.
+func (p *Poller) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, t := range p.targets {
+		if t.closer != nil {
+			t.closer.Close()
+		}
+	}
+	p.targets = nil
+}
 
 // Poll dumps every socket once, applies the dump to the tracker and
 // publishes a snapshot. An interrupted dump is retried once at once. A dump
@@ -139,51 +264,199 @@ func (p *Poller) Poll(ctx context.Context) error {
 	defer p.mu.Unlock()
 
 	start := p.cfg.Now()
-	var err error
-	for attempt := 0; attempt < 2; attempt++ {
-		begun := start
-		if attempt > 0 {
-			begun = p.cfg.Now()
-		}
-		p.tracker.Begin(begun)
-		err = p.dumper.DumpTCP(ctx, netlinkdiag.Request{}, p.observe)
-		if err == nil {
-			res := p.tracker.Commit()
-			p.next.Time, p.next.PollResult = begun, res
-			p.next.Errors[ReasonUnknownState] += uint64(res.Unknown)
-			break
-		}
-		p.next.Errors[ReasonUnknownState] += uint64(p.tracker.Abort().Unknown)
-		p.next.Errors[Classify(err)]++
-		if !errors.Is(err, netlinkdiag.ErrDumpInterrupted) || ctx.Err() != nil {
-			break
+	var errs []error
+	if p.discovery != nil {
+		if err := p.rediscover(); err != nil {
+			p.next.Errors[ReasonNamespace]++
+			errs = append(errs, err)
 		}
 	}
+	for _, t := range p.targets {
+		if err := p.pollTarget(ctx, t, start); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if p.discovery != nil {
+		p.dropVanished()
+	}
+
 	took := p.cfg.Now().Sub(start)
 	p.next.Polls++
 	if p.cfg.Interval > 0 && took > p.cfg.Interval {
 		p.next.Overruns++
 	}
-	p.next.Transitions = p.tracker.Transitions()
+	p.assemble()
 	snap := p.next
 	p.snap.Store(&snap)
 	if p.cfg.ObservePoll != nil {
 		p.cfg.ObservePoll(took)
 	}
-	p.logTransition(err)
+	return errors.Join(errs...)
+}
+
+// pollTarget dumps one namespace into its tracker.
+func (p *Poller) pollTarget(ctx context.Context, t *target, start time.Time) error {
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		begun := start
+		if attempt > 0 || p.discovery != nil {
+			begun = p.cfg.Now()
+		}
+		t.pending = t.pending[:0]
+		t.ports.reset()
+		t.tracker.max = p.budget(t)
+		t.tracker.Begin(begun)
+		err = t.dumper.DumpTCP(ctx, netlinkdiag.Request{}, t.observe)
+		if err == nil {
+			res := t.tracker.Commit()
+			t.last.Time, t.last.PollResult = begun, res
+			t.last.Took = p.cfg.Now().Sub(begun)
+			t.rows = t.ports.rows(t.ns.Name)
+			t.inodes, t.pending = t.pending, t.inodes
+			p.next.Errors[ReasonUnknownState] += uint64(res.Unknown)
+			break
+		}
+		p.next.Errors[ReasonUnknownState] += uint64(t.tracker.Abort().Unknown)
+		if ctx.Err() != nil {
+			// Cut short by shutdown: not a failure of the poll.
+			return ctx.Err()
+		}
+		if p.discovery != nil && errors.Is(err, os.ErrNotExist) {
+			// Gone between discovery and dump: dropped, not an error.
+			t.ns.ID = 0
+			err = nil
+			break
+		}
+		p.next.Errors[Classify(err)]++
+		if !errors.Is(err, netlinkdiag.ErrDumpInterrupted) {
+			break
+		}
+	}
+	tr := t.tracker.Transitions()
+	for from := range tr {
+		for to := range tr[from] {
+			p.next.Transitions[from][to] += tr[from][to] - t.seen[from][to]
+		}
+	}
+	t.seen = tr
+	p.logTransition(t, err)
 	return err
 }
 
-// logTransition logs a failure when it starts or changes and the recovery,
-// not every failing poll.
-func (p *Poller) logTransition(err error) {
+// budget is how many sockets t's tracker may hold: the global bound less
+// what the other namespaces' trackers hold.
+func (p *Poller) budget(t *target) int {
+	n := p.cfg.MaxTracked
+	for _, o := range p.targets {
+		if o != t {
+			n -= o.tracker.Len()
+		}
+	}
+	return max(n, 0)
+}
+
+// rediscover opens namespaces that appeared. Those that vanished are
+// marked (ID 0) and dropped after the poll.
+func (p *Poller) rediscover() error {
+	found, err := p.discovery.Discover()
+	if err != nil {
+		return fmt.Errorf("discover network namespaces: %w", err)
+	}
+	byID := make(map[uint64]Namespace, len(found))
+	for _, ns := range found {
+		byID[ns.ID] = ns
+	}
+	for _, t := range p.targets {
+		ns, ok := byID[t.ns.ID]
+		if !ok {
+			t.ns.ID = 0
+			continue
+		}
+		delete(byID, t.ns.ID)
+		if ns.Path != t.ns.Path && t.closer != nil {
+			// The path we entered by is going (its process is exiting):
+			// reopen by the new one, keeping what the tracker knows.
+			if d, err := p.discovery.Dial(ns); err == nil {
+				t.closer.Close()
+				t.dumper, t.closer, t.ns.Path = d, d, ns.Path
+			}
+		}
+	}
+	for _, ns := range found {
+		if _, ok := byID[ns.ID]; !ok {
+			continue
+		}
+		d, err := p.discovery.Dial(ns)
+		if err != nil {
+			// Vanished since it was listed, or not ours to enter: skip it
+			// this round, say why once.
+			p.cfg.Logger.Debug("cannot open network namespace", "netns", ns.Name, "path", ns.Path, "err", err)
+			continue
+		}
+		p.targets = append(p.targets, p.newTarget(ns, d, d))
+	}
+	return nil
+}
+
+func (p *Poller) dropVanished() {
+	kept := p.targets[:0]
+	for _, t := range p.targets {
+		if t.ns.ID == 0 {
+			if t.closer != nil {
+				t.closer.Close()
+			}
+			continue
+		}
+		kept = append(kept, t)
+	}
+	clear(p.targets[len(kept):])
+	p.targets = kept
+}
+
+// assemble fills p.next's gauges from every target's last complete dump.
+func (p *Poller) assemble() {
+	var sum PollResult
+	var oldest time.Time
+	var rows []PortCount
+	var nss []NamespaceResult
+	for _, t := range p.targets {
+		if t.last.Time.IsZero() {
+			continue // never dumped whole: nothing to show yet
+		}
+		r := t.last.PollResult
+		for f := range sum.Sockets {
+			for s := range sum.Sockets[f] {
+				sum.Sockets[f][s] += r.Sockets[f][s]
+			}
+		}
+		for s, d := range r.Oldest {
+			sum.Oldest[s] = max(sum.Oldest[s], d)
+		}
+		sum.Tracked += r.Tracked
+		sum.Untracked += r.Untracked
+		sum.Unknown += r.Unknown
+		if oldest.IsZero() || t.last.Time.Before(oldest) {
+			oldest = t.last.Time
+		}
+		rows = append(rows, t.rows...)
+		if p.discovery != nil {
+			nss = append(nss, t.last)
+		}
+	}
+	p.next.PollResult, p.next.Time, p.next.Namespaces = sum, oldest, nss
+	p.next.Ports = topPorts(rows, p.cfg.PortTop)
+}
+
+// logTransition logs a namespace's failure when it starts or changes and
+// its recovery, not every failing poll.
+func (p *Poller) logTransition(t *target, err error) {
 	switch {
-	case err == nil && p.lastErr != "":
-		p.cfg.Logger.Info("polls recovered", "after", p.lastErr)
-		p.lastErr = ""
-	case err != nil && err.Error() != p.lastErr:
-		p.lastErr = err.Error()
-		p.cfg.Logger.Warn("poll failed; serving the last complete poll", "reason", Classify(err).String(), "err", err)
+	case err == nil && t.lastErr != "":
+		p.cfg.Logger.Info("polls recovered", "netns", t.ns.Name, "after", t.lastErr)
+		t.lastErr = ""
+	case err != nil && err.Error() != t.lastErr:
+		t.lastErr = err.Error()
+		p.cfg.Logger.Warn("poll failed; serving the last complete poll", "netns", t.ns.Name, "reason", Classify(err).String(), "err", err)
 	}
 }
 

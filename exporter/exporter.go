@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,11 +75,30 @@ type SnapshotSource interface {
 	Snapshot() *collector.Snapshot
 }
 
+// AttributionSource is where scrapes read the latest process attribution
+// from; the collector's Attributor is one.
+type AttributionSource interface {
+	Snapshot() *collector.Attribution
+}
+
+// Option adds to what an Exporter publishes.
+type Option func(*Exporter)
+
+// WithNamespaces labels the per-state and per-port metrics with the
+// namespace they were seen in (`netns`), and publishes each namespace's
+// poll cost; for a Poller that observes every namespace.
+func WithNamespaces() Option { return func(e *Exporter) { e.perNetns = true } }
+
+// WithAttribution publishes the process breakdown of a.
+func WithAttribution(a AttributionSource) Option { return func(e *Exporter) { e.attr = a } }
+
 // Exporter is a prometheus.Collector publishing the latest snapshot. A
 // scrape never waits for a poll.
 type Exporter struct {
-	src  SnapshotSource
-	hist *Histograms
+	src      SnapshotSource
+	hist     *Histograms
+	attr     AttributionSource
+	perNetns bool
 
 	sockets     *prometheus.Desc
 	oldest      *prometheus.Desc
@@ -89,31 +109,72 @@ type Exporter struct {
 	tracked     *prometheus.Desc
 	untracked   *prometheus.Desc
 	lastPoll    *prometheus.Desc
+
+	namespaces    *prometheus.Desc
+	netnsPoll     *prometheus.Desc
+	portSockets   *prometheus.Desc
+	queueLength   *prometheus.Desc
+	queueLimit    *prometheus.Desc
+	truncated     *prometheus.Desc
+	procSockets   *prometheus.Desc
+	attrDuration  *prometheus.Desc
+	attrTimestamp *prometheus.Desc
+	attrDenied    *prometheus.Desc
 }
 
 // New returns an Exporter of src's snapshots and h's histograms.
-func New(src SnapshotSource, h *Histograms) *Exporter {
+func New(src SnapshotSource, h *Histograms, opts ...Option) *Exporter {
+	e := &Exporter{src: src, hist: h}
+	for _, o := range opts {
+		o(e)
+	}
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
 	}
-	return &Exporter{
-		src:         src,
-		hist:        h,
-		sockets:     d("sockets", "TCP sockets in each documented state at the latest complete poll.", "family", "state"),
-		oldest:      d("oldest_in_state_seconds", "How long the longest-standing socket now in the state has been in it, as of the latest complete poll; 0 when no socket is in it. For sockets present when the exporter started it is a lower bound.", "state"),
-		transitions: d("transitions_total", "State transitions observed between polls. Appearance counts as from CLOSED, disappearance as to CLOSED. Only pairs seen at least once are exported.", "from", "to"),
-		polls:       d("polls_total", "Polls attempted."),
-		errors:      d("poll_errors_total", "Poll errors by reason; unknown_state counts sockets in a kernel state with no documented name.", "reason"),
-		overruns:    d("poll_overruns_total", "Polls that took longer than the poll interval; the ticks they overran were skipped, not queued."),
-		tracked:     d("tracked_sockets", "Sockets whose time in state is tracked."),
-		untracked:   d("untracked_sockets", "Sockets counted but not tracked because --max-tracked-sockets was reached."),
-		lastPoll:    d("last_poll_timestamp_seconds", "Unix time of the latest complete poll; 0 before the first."),
+	// nd is d for metrics that gain a netns label per namespace.
+	nd := func(name, help string, labels ...string) *prometheus.Desc {
+		if e.perNetns {
+			labels = append(labels, "netns")
+		}
+		return d(name, help, labels...)
 	}
+	e.sockets = nd("sockets", "TCP sockets in each documented state at the latest complete poll.", "family", "state")
+	e.oldest = nd("oldest_in_state_seconds", "How long the longest-standing socket now in the state has been in it, as of the latest complete poll; 0 when no socket is in it. For sockets present when the exporter started it is a lower bound.", "state")
+	e.transitions = d("transitions_total", "State transitions observed between polls. Appearance counts as from CLOSED, disappearance as to CLOSED. Only pairs seen at least once are exported.", "from", "to")
+	e.polls = d("polls_total", "Polls attempted.")
+	e.errors = d("poll_errors_total", "Poll errors by reason; unknown_state counts sockets in a kernel state with no documented name.", "reason")
+	e.overruns = d("poll_overruns_total", "Polls that took longer than the poll interval; the ticks they overran were skipped, not queued.")
+	e.tracked = d("tracked_sockets", "Sockets whose time in state is tracked.")
+	e.untracked = d("untracked_sockets", "Sockets counted but not tracked because --max-tracked-sockets was reached.")
+	e.lastPoll = d("last_poll_timestamp_seconds", "Unix time of the latest complete poll; 0 before the first.")
+	e.namespaces = d("namespaces", "Network namespaces observed at the latest poll.")
+	e.netnsPoll = d("namespace_poll_duration_seconds", "Time the latest dump and tracking of each network namespace took.", "netns")
+	e.portSockets = nd("port_sockets", "Sockets by state and local port, for ports with a LISTEN socket (the server side of a service): the busiest --port.top ports by number, the rest as port=\"other\", sockets whose local port has no listener as port=\"none\". Only non-zero series are exported.", "state", "port")
+	e.queueLength = nd("listen_queue_length", "Connections waiting in the accept queue of the port's LISTEN sockets (summed over them), a count of sockets.", "port")
+	e.queueLimit = nd("listen_queue_limit", "Accept queue limit (backlog) of the port's LISTEN sockets, summed over them.", "port")
+	e.truncated = d("breakdown_truncated_values", "Distinct values summed into \"other\" because a breakdown reached its limit; 0 means the breakdown is complete.", "breakdown")
+	e.procSockets = d("process_sockets", "Sockets in the attribution states by owning process name (comm): the top --attribution.top names, the rest as process=\"other\", sockets with no owner as \"none\", owners not found (exited, or not readable without CAP_SYS_PTRACE) as \"unknown\". Only non-zero series are exported.", "state", "process")
+	e.attrDuration = d("attribution_duration_seconds", "Time the latest attribution of sockets to processes took (a walk of /proc/PID/fd).")
+	e.attrTimestamp = d("attribution_last_timestamp_seconds", "Unix time of the latest attribution of sockets to processes; 0 before the first.")
+	e.attrDenied = d("attribution_denied_processes", "Processes whose open files the latest attribution could not read (needs CAP_SYS_PTRACE or the same user).")
+	return e
+}
+
+func (e *Exporter) descs() []*prometheus.Desc {
+	ds := []*prometheus.Desc{e.sockets, e.oldest, e.transitions, e.polls, e.errors, e.overruns, e.tracked,
+		e.untracked, e.lastPoll, e.portSockets, e.queueLength, e.queueLimit, e.truncated}
+	if e.perNetns {
+		ds = append(ds, e.namespaces, e.netnsPoll)
+	}
+	if e.attr != nil {
+		ds = append(ds, e.procSockets, e.attrDuration, e.attrTimestamp, e.attrDenied)
+	}
+	return ds
 }
 
 // Describe implements prometheus.Collector.
 func (e *Exporter) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{e.sockets, e.oldest, e.transitions, e.polls, e.errors, e.overruns, e.tracked, e.untracked, e.lastPoll} {
+	for _, d := range e.descs() {
 		ch <- d
 	}
 	e.hist.stays.Describe(ch)
@@ -129,13 +190,14 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	for f := collector.Family(0); f < collector.NumFamilies; f++ {
-		for _, st := range collector.States() {
-			gauge(e.sockets, float64(s.Sockets[f][st]), f.String(), st.String())
+	if e.perNetns {
+		gauge(e.namespaces, float64(len(s.Namespaces)))
+		for _, ns := range s.Namespaces {
+			e.collectStates(gauge, ns.PollResult, ns.Name)
+			gauge(e.netnsPoll, ns.Took.Seconds(), ns.Name)
 		}
-	}
-	for _, st := range collector.States() {
-		gauge(e.oldest, s.Oldest[st].Seconds(), st.String())
+	} else {
+		e.collectStates(gauge, s.PollResult)
 	}
 	for from := range s.Transitions {
 		for to, n := range s.Transitions[from] {
@@ -151,11 +213,82 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	counter(e.overruns, s.Overruns)
 	gauge(e.tracked, float64(s.Tracked))
 	gauge(e.untracked, float64(s.Untracked))
-	var last float64
-	if !s.Time.IsZero() {
-		last = float64(s.Time.UnixNano()) / 1e9
+	gauge(e.lastPoll, unixSeconds(s.Time))
+	e.collectPorts(gauge, s.Ports)
+	if e.attr != nil {
+		e.collectProcesses(gauge, e.attr.Snapshot())
 	}
-	gauge(e.lastPoll, last)
 	e.hist.stays.Collect(ch)
 	e.hist.polls.Collect(ch)
+}
+
+type gaugeFunc func(d *prometheus.Desc, v float64, labels ...string)
+
+// collectStates publishes one poll result's per-state gauges; netns is
+// the namespace label value, when the metrics carry one.
+func (e *Exporter) collectStates(gauge gaugeFunc, r collector.PollResult, netns ...string) {
+	for f := collector.Family(0); f < collector.NumFamilies; f++ {
+		for _, st := range collector.States() {
+			gauge(e.sockets, float64(r.Sockets[f][st]), append([]string{f.String(), st.String()}, netns...)...)
+		}
+	}
+	for _, st := range collector.States() {
+		gauge(e.oldest, r.Oldest[st].Seconds(), append([]string{st.String()}, netns...)...)
+	}
+}
+
+func (e *Exporter) collectPorts(gauge gaugeFunc, b collector.PortBreakdown) {
+	gauge(e.truncated, float64(b.Folded), "port")
+	for _, r := range b.Rows {
+		port := "none"
+		switch r.Kind {
+		case collector.PortListening:
+			port = strconv.Itoa(int(r.Port))
+		case collector.PortOther:
+			port = "other"
+		}
+		labels := []string{port}
+		if e.perNetns {
+			labels = append(labels, r.Netns)
+		}
+		for _, st := range collector.States() {
+			if n := r.Sockets[st]; n > 0 {
+				gauge(e.portSockets, float64(n), append([]string{st.String()}, labels...)...)
+			}
+		}
+		if r.Kind != collector.PortNone {
+			gauge(e.queueLength, float64(r.Queue), labels...)
+			gauge(e.queueLimit, float64(r.Limit), labels...)
+		}
+	}
+}
+
+func (e *Exporter) collectProcesses(gauge gaugeFunc, a *collector.Attribution) {
+	gauge(e.truncated, float64(a.Folded), "process")
+	gauge(e.attrDuration, a.Took.Seconds())
+	gauge(e.attrTimestamp, unixSeconds(a.Time))
+	gauge(e.attrDenied, float64(a.Denied))
+	for _, r := range a.Rows {
+		name := r.Process
+		switch r.Kind {
+		case collector.ProcessOther:
+			name = "other"
+		case collector.ProcessNone:
+			name = "none"
+		case collector.ProcessUnknown:
+			name = "unknown"
+		}
+		for _, st := range collector.States() {
+			if n := r.Sockets[st]; n > 0 {
+				gauge(e.procSockets, float64(n), st.String(), name)
+			}
+		}
+	}
+}
+
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
 }

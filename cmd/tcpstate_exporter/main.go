@@ -11,6 +11,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -27,6 +30,7 @@ import (
 	"github.com/tcpstate/tcpstate_exporter/collector"
 	"github.com/tcpstate/tcpstate_exporter/exporter"
 	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
+	"github.com/tcpstate/tcpstate_exporter/procscan"
 )
 
 const name = "tcpstate_exporter"
@@ -45,6 +49,10 @@ type options struct {
 	interval      time.Duration
 	netns         string
 	maxTracked    int
+	portTop       int
+	attrStates    []collector.State
+	attrInterval  time.Duration
+	attrTop       int
 	log           promslog.Config
 }
 
@@ -57,8 +65,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&o.telemetryPath)
 	app.Flag("web.max-requests", "Maximum number of concurrent scrapes; more are answered 503. 0 means no limit.").Default("10").IntVar(&o.maxRequests)
 	interval := app.Flag("poll.interval", "How often to dump the socket table, such as 1s or 500ms. Time-in-state precision is this interval.").Default("1s").String()
-	app.Flag("netns", "Observe this network namespace instead of our own: a name under /run/netns or a path such as /proc/PID/ns/net. Needs CAP_SYS_ADMIN.").Default("").StringVar(&o.netns)
+	app.Flag("netns", "Observe this network namespace instead of our own: a name under /run/netns or a path such as /proc/PID/ns/net; or \"all\" for every network namespace on the host, labelled netns. Needs CAP_SYS_ADMIN (and CAP_SYS_PTRACE for all).").Default("").StringVar(&o.netns)
 	app.Flag("max-tracked-sockets", "Track time in state for at most this many sockets; sockets past it are still counted, and tcpstate_untracked_sockets says how many.").Default("1048576").IntVar(&o.maxTracked)
+	app.Flag("port.top", "Listening ports named in tcpstate_port_sockets; the rest are summed as port=\"other\".").Default("20").IntVar(&o.portTop)
+	attrStates := app.Flag("attribution.states", "Comma-separated TCP states whose sockets are attributed to processes (tcpstate_process_sockets); empty turns attribution off.").Default("CLOSE_WAIT").String()
+	attrInterval := app.Flag("attribution.interval", "How often to attribute sockets to processes by walking /proc/PID/fd.").Default("15s").String()
+	app.Flag("attribution.top", "Process names named in tcpstate_process_sockets; the rest are summed as process=\"other\".").Default("10").IntVar(&o.attrTop)
 	o.log.Level = promslog.NewLevel()
 	o.log.Format = promslog.NewFormat()
 	flag.AddFlags(app, &o.log)
@@ -69,7 +81,28 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.interval, err = time.ParseDuration(*interval); err != nil {
 		return nil, fmt.Errorf("--poll.interval=%s: not a duration such as 1s or 500ms", *interval)
 	}
+	if o.attrInterval, err = time.ParseDuration(*attrInterval); err != nil {
+		return nil, fmt.Errorf("--attribution.interval=%s: not a duration such as 15s or 1m", *attrInterval)
+	}
+	for _, name := range strings.Split(*attrStates, ",") {
+		if strings.TrimSpace(name) == "" {
+			continue
+		}
+		st, err := collector.ParseState(name)
+		if err != nil {
+			return nil, fmt.Errorf("--attribution.states: %w", err)
+		}
+		if !slices.Contains(o.attrStates, st) {
+			o.attrStates = append(o.attrStates, st)
+		}
+	}
 	switch {
+	case len(o.attrStates) > 0 && o.attrInterval < 100*time.Millisecond:
+		return nil, fmt.Errorf("--attribution.interval=%v: must be at least 100ms", o.attrInterval)
+	case o.attrTop < 0:
+		return nil, fmt.Errorf("--attribution.top=%d: must not be negative", o.attrTop)
+	case o.portTop < 0:
+		return nil, fmt.Errorf("--port.top=%d: must not be negative", o.portTop)
 	case o.interval < 10*time.Millisecond:
 		return nil, fmt.Errorf("--poll.interval=%v: must be at least 10ms", o.interval)
 	case o.maxTracked < 0:
@@ -97,22 +130,54 @@ func run(args []string, stderr io.Writer) int {
 	return 0
 }
 
-func serve(o *options, logger *slog.Logger) error {
-	logger.Info("starting", "version", version.Info(), "build", version.BuildContext())
+// newPoller opens what --netns names and returns a poller of it, the
+// exporter options that go with it, and what closes it all.
+func newPoller(o *options, cfg collector.Config) (*collector.Poller, []exporter.Option, func(), error) {
+	if o.netns == "all" {
+		disc := procscan.NewDiscoverer("/proc", "/run/netns")
+		discover := func() ([]collector.Namespace, error) {
+			found, err := disc.Discover()
+			nss := make([]collector.Namespace, len(found))
+			for i, ns := range found {
+				nss[i] = collector.Namespace{ID: ns.Inode, Name: ns.Name, Path: ns.Path}
+			}
+			return nss, err
+		}
+		if _, err := discover(); err != nil {
+			return nil, nil, nil, fmt.Errorf("--netns=all: %w", err)
+		}
+		p := collector.NewDiscoveringPoller(collector.Discovery{
+			Discover: discover,
+			Dial: func(ns collector.Namespace) (collector.DumpCloser, error) {
+				return netlinkdiag.Dial(netlinkdiag.Options{NetNS: ns.Path})
+			},
+		}, cfg)
+		return p, []exporter.Option{exporter.WithNamespaces()}, p.Close, nil
+	}
 	conn, err := netlinkdiag.Dial(netlinkdiag.Options{NetNS: o.netns})
 	if err != nil {
-		return fmt.Errorf("open sock_diag: %w", err)
+		return nil, nil, nil, fmt.Errorf("open sock_diag: %w", err)
 	}
-	defer conn.Close()
+	return collector.NewPoller(conn, cfg), nil, func() { conn.Close() }, nil
+}
 
+func serve(o *options, logger *slog.Logger) error {
+	logger.Info("starting", "version", version.Info(), "build", version.BuildContext())
 	hist := exporter.NewHistograms()
-	poller := collector.NewPoller(conn, collector.Config{
-		Interval:    o.interval,
-		MaxTracked:  o.maxTracked,
-		ObserveStay: hist.ObserveStay,
-		ObservePoll: hist.ObservePoll,
-		Logger:      logger,
+	poller, exporterOpts, closePoller, err := newPoller(o, collector.Config{
+		Interval:          o.interval,
+		MaxTracked:        o.maxTracked,
+		PortTop:           o.portTop,
+		AttributionStates: o.attrStates,
+		ObserveStay:       hist.ObserveStay,
+		ObservePoll:       hist.ObservePoll,
+		Logger:            logger,
 	})
+	if err != nil {
+		return err
+	}
+	defer closePoller()
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// The first poll runs before we listen, so a dump the kernel refuses
@@ -124,9 +189,20 @@ func serve(o *options, logger *slog.Logger) error {
 		logger.Warn("first poll failed; will retry", "err", err)
 	}
 
+	var attributor *collector.Attributor
+	if len(o.attrStates) > 0 {
+		attributor = collector.NewAttributor(poller, collector.AttributionConfig{
+			Interval: o.attrInterval,
+			Top:      o.attrTop,
+			Logger:   logger,
+		})
+		attributor.Attribute()
+		exporterOpts = append(exporterOpts, exporter.WithAttribution(attributor))
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		exporter.New(poller, hist),
+		exporter.New(poller, hist, exporterOpts...),
 		versioncollector.NewCollector("tcpstate"),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -150,18 +226,18 @@ func serve(o *options, logger *slog.Logger) error {
 		MaxHeaderBytes:    1 << 16,
 	}
 
-	polled := make(chan struct{})
-	go func() {
-		defer close(polled)
-		poller.Run(ctx)
-	}()
+	var background sync.WaitGroup
+	background.Go(func() { poller.Run(ctx) })
+	if attributor != nil {
+		background.Go(func() { attributor.Run(ctx) })
+	}
 	served := make(chan error, 1)
 	go func() { served <- web.ListenAndServe(srv, o.web, logger) }()
 
 	select {
 	case err = <-served:
 		stop()
-		<-polled
+		background.Wait()
 		return fmt.Errorf("serve HTTP: %w", err)
 	case <-ctx.Done():
 	}
@@ -171,6 +247,6 @@ func serve(o *options, logger *slog.Logger) error {
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		logger.Warn("HTTP shutdown", "err", err)
 	}
-	<-polled
+	background.Wait()
 	return nil
 }

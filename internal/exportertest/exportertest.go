@@ -118,6 +118,9 @@ func Start(t testing.TB, args ...string) *Process {
 	return p
 }
 
+// PID returns the exporter's process id.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
 // Log returns what the exporter has logged so far.
 func (p *Process) Log() string { return p.stderr.String() }
 

@@ -1,0 +1,329 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
+	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
+	"github.com/tcpstate/tcpstate_exporter/internal/statezoo"
+)
+
+var (
+	holderOnce sync.Once
+	holderPath string
+	holderErr  error
+)
+
+// holderNamed returns a copy of the sockholder program named name, so the
+// processes it runs have that comm.
+func holderNamed(t *testing.T, name string) string {
+	t.Helper()
+	holderOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "sockholder-")
+		if err != nil {
+			holderErr = err
+			return
+		}
+		holderPath = filepath.Join(dir, "sockholder")
+		cmd := exec.Command("go", "build", "-o", holderPath, "../../internal/sockholder")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			holderErr = fmt.Errorf("build sockholder: %v\n%s", err, out)
+		}
+	})
+	if holderErr != nil {
+		t.Fatal(holderErr)
+	}
+	b, err := os.ReadFile(holderPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// holderProc is a running sockholder.
+type holderProc struct {
+	name   string
+	lines  chan string
+	stderr *strings.Builder
+}
+
+// holder runs a sockholder copy named name inside the namespace.
+func holder(t *testing.T, ns, name string, args ...string) *holderProc {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, holderNamed(t, name)}, args...)...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &holderProc{name: name, lines: make(chan string, 4), stderr: &strings.Builder{}}
+	cmd.Stderr = h.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			h.lines <- sc.Text()
+		}
+		close(h.lines)
+		io.Copy(io.Discard, stdout)
+	}()
+	t.Cleanup(func() {
+		stdin.Close()
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	return h
+}
+
+// await waits for a line starting with prefix and returns the rest.
+func (h *holderProc) await(t *testing.T, prefix string) string {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case l, ok := <-h.lines:
+			if !ok {
+				t.Fatalf("%s exited before %q: %s", h.name, prefix, h.stderr.String())
+			}
+			if rest, ok := strings.CutPrefix(l, prefix); ok {
+				return rest
+			}
+		case <-deadline:
+			t.Fatalf("%s: no %q after 10 s: %s", h.name, prefix, h.stderr.String())
+		}
+	}
+}
+
+// serveLeak starts a server named name that accepts n connections and never
+// closes them, and a client that connects n times and closes at once: the
+// server is left with n CLOSE_WAIT sockets. It returns the server's port.
+func serveLeak(t *testing.T, ns, name string, n int) string {
+	t.Helper()
+	srv := holder(t, ns, name, "serve", "-accept", fmt.Sprint(n))
+	port := srv.await(t, "ready ")
+	holder(t, ns, "tidy-client", "dial", "-port", port, "-n", fmt.Sprint(n), "-close").await(t, "ready ")
+	srv.await(t, "accepted ")
+	return port
+}
+
+// series returns the label value of label for every series of metric name
+// whose labels include all of match, with its value.
+func series(m exportertest.Metrics, name, label string, match ...string) map[string]float64 {
+	out := map[string]float64{}
+	f := m[name]
+	if f == nil {
+		return out
+	}
+	for _, x := range f.GetMetric() {
+		var key string
+		matched := 0
+		for _, lp := range x.GetLabel() {
+			if lp.GetName() == label {
+				key = lp.GetValue()
+			}
+			for _, want := range match {
+				if want == lp.GetName()+"="+lp.GetValue() {
+					matched++
+				}
+			}
+		}
+		if matched == len(match) {
+			out[key] = x.GetGauge().GetValue()
+		}
+	}
+	return out
+}
+
+func TestIntegrationAttributionNamesTheLeaker(t *testing.T) {
+	const leaks = 5
+	name, _ := netnstest.New(t)
+	port := serveLeak(t, name, "leaky-svc", leaks)
+
+	p := exportertest.Start(t, "--netns="+name, "--poll.interval=200ms",
+		"--attribution.states=CLOSE_WAIT,FIN_WAIT_2", "--attribution.interval=200ms")
+	want := map[string]float64{"leaky-svc": leaks}
+	m, ok := eventually(t, p.URL+"/metrics", 5*time.Second, func(m exportertest.Metrics) bool {
+		return cmp.Equal(want, series(m, "tcpstate_process_sockets", "process", "state=CLOSE_WAIT"))
+	})
+	if !ok {
+		t.Fatalf("CLOSE_WAIT by process (-want +got)\n%s", cmp.Diff(want, series(m, "tcpstate_process_sockets", "process", "state=CLOSE_WAIT")))
+	}
+	// The client closed its ends: orphans with no owner.
+	if d := cmp.Diff(map[string]float64{"none": leaks}, series(m, "tcpstate_process_sockets", "process", "state=FIN_WAIT_2")); d != "" {
+		t.Errorf("FIN_WAIT_2 by process (-want +got)\n%s", d)
+	}
+	for _, x := range m["tcpstate_process_sockets"].GetMetric() {
+		for _, lp := range x.GetLabel() {
+			if lp.GetValue() == "tidy-client" {
+				t.Errorf("the well-behaved process appears: %v", x)
+			}
+		}
+	}
+	if d := cmp.Diff(map[string]float64{port: leaks}, series(m, "tcpstate_port_sockets", "port", "state=CLOSE_WAIT")); d != "" {
+		t.Errorf("CLOSE_WAIT by port (-want +got)\n%s", d)
+	}
+	if d := cmp.Diff(map[string]float64{"none": leaks}, series(m, "tcpstate_port_sockets", "port", "state=FIN_WAIT_2")); d != "" {
+		t.Errorf("FIN_WAIT_2 by port (-want +got)\n%s", d)
+	}
+	if v := m.Value("tcpstate_listen_queue_length", "port="+port); v != 0 {
+		t.Errorf("accept queue of %s = %v, want 0 (all accepted)", port, v)
+	}
+	if v := m.Value("tcpstate_listen_queue_limit", "port="+port); v <= 0 {
+		t.Errorf("accept queue limit of %s = %v, want > 0", port, v)
+	}
+	if v := m.Value("tcpstate_attribution_duration_seconds"); v <= 0 {
+		t.Errorf("tcpstate_attribution_duration_seconds = %v, want > 0", v)
+	}
+}
+
+func TestIntegrationBreakdownCardinality(t *testing.T) {
+	name, _ := netnstest.New(t)
+	leaks := map[string]int{"svc-a": 1, "svc-b": 2, "svc-c": 3, "svc-d": 4}
+	ports := map[string]string{}
+	for svc, n := range leaks {
+		ports[svc] = serveLeak(t, name, svc, n)
+	}
+	p := exportertest.Start(t, "--netns="+name, "--poll.interval=200ms",
+		"--attribution.interval=200ms", "--attribution.top=2", "--port.top=2")
+
+	wantProc := map[string]float64{"svc-d": 4, "svc-c": 3, "other": 3}
+	m, ok := eventually(t, p.URL+"/metrics", 5*time.Second, func(m exportertest.Metrics) bool {
+		return cmp.Equal(wantProc, series(m, "tcpstate_process_sockets", "process", "state=CLOSE_WAIT"))
+	})
+	if !ok {
+		t.Fatalf("CLOSE_WAIT by process (-want +got)\n%s", cmp.Diff(wantProc, series(m, "tcpstate_process_sockets", "process", "state=CLOSE_WAIT")))
+	}
+	// Ports rank by all their sockets: svc-d's port has 1 LISTEN + 4.
+	wantPort := map[string]float64{ports["svc-d"]: 4, ports["svc-c"]: 3, "other": 3}
+	if d := cmp.Diff(wantPort, series(m, "tcpstate_port_sockets", "port", "state=CLOSE_WAIT")); d != "" {
+		t.Errorf("CLOSE_WAIT by port (-want +got)\n%s", d)
+	}
+	for _, b := range []string{"process", "port"} {
+		if v := m.Value("tcpstate_breakdown_truncated_values", "breakdown="+b); v != 2 {
+			t.Errorf("tcpstate_breakdown_truncated_values{breakdown=%q} = %v, want 2", b, v)
+		}
+	}
+	// Whatever the limits, the breakdowns add up to the totals.
+	for _, st := range stateNames {
+		total := m.Value("tcpstate_sockets", "family=ipv4", "state="+st) + m.Value("tcpstate_sockets", "family=ipv6", "state="+st)
+		var byPort float64
+		for _, v := range series(m, "tcpstate_port_sockets", "port", "state="+st) {
+			byPort += v
+		}
+		if byPort != total {
+			t.Errorf("%s: port breakdown sums to %v, tcpstate_sockets to %v", st, byPort, total)
+		}
+	}
+	if n := len(series(m, "tcpstate_listen_queue_length", "port")); n != 3 {
+		t.Errorf("tcpstate_listen_queue_length has %d series, want 3 (two ports and other)", n)
+	}
+}
+
+func TestIntegrationAllNamespaces(t *testing.T) {
+	type space struct {
+		name string
+		zoo  *statezoo.Zoo
+	}
+	var spaces []space
+	for i := 1; i <= 3; i++ {
+		name, path := netnstest.New(t)
+		zoo, err := statezoo.Build(path, statezoo.Options{Families: []int{unix.AF_INET}, PerState: i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { zoo.Close() })
+		spaces = append(spaces, space{name, zoo})
+	}
+	p := exportertest.Start(t, "--netns=all", "--poll.interval=200ms", "--attribution.states=")
+
+	counts := func(m exportertest.Metrics, ns string) map[string]int {
+		got := map[string]int{}
+		for _, st := range stateNames {
+			got[st] = int(m.Value("tcpstate_sockets", "family=ipv4", "state="+st, "netns="+ns))
+		}
+		return got
+	}
+	m, ok := eventually(t, p.URL+"/metrics", 10*time.Second, func(m exportertest.Metrics) bool {
+		for _, s := range spaces {
+			if !cmp.Equal(s.zoo.Expected()["ipv4"], counts(m, s.name)) {
+				return false
+			}
+		}
+		return true
+	})
+	if !ok {
+		for _, s := range spaces {
+			t.Errorf("namespace %s (-want +got)\n%s", s.name, cmp.Diff(s.zoo.Expected()["ipv4"], counts(m, s.name)))
+		}
+		t.FailNow()
+	}
+	for _, s := range spaces {
+		if v := m.Value("tcpstate_namespace_poll_duration_seconds", "netns="+s.name); v <= 0 {
+			t.Errorf("no poll cost for %s: %v", s.name, v)
+		}
+	}
+	fds := countFDs(t, p)
+
+	// Delete the middle namespace: its series go, the others stay exact,
+	// no error is counted and its netlink socket is closed.
+	gone := spaces[1]
+	gone.zoo.Close()
+	if err := netnstest.Delete(gone.name); err != nil {
+		t.Fatal(err)
+	}
+	m, ok = eventually(t, p.URL+"/metrics", 10*time.Second, func(m exportertest.Metrics) bool {
+		return m.Find("tcpstate_sockets", "netns="+gone.name) == nil
+	})
+	if !ok {
+		t.Fatalf("series of the deleted namespace %s remain", gone.name)
+	}
+	for _, s := range []space{spaces[0], spaces[2]} {
+		if d := cmp.Diff(s.zoo.Expected()["ipv4"], counts(m, s.name)); d != "" {
+			t.Errorf("namespace %s after the deletion (-want +got)\n%s", s.name, d)
+		}
+	}
+	for _, reason := range []string{"namespace", "dump"} {
+		if v := m.Value("tcpstate_poll_errors_total", "reason="+reason); v != 0 {
+			t.Errorf("poll_errors_total{reason=%q} = %v after a namespace went, want 0", reason, v)
+		}
+	}
+	if after := countFDs(t, p); after >= fds {
+		t.Errorf("open files went from %d to %d; the deleted namespace's socket should be closed", fds, after)
+	}
+}
+
+func countFDs(t *testing.T, p *exportertest.Process) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}

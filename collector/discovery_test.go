@@ -1,0 +1,257 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
+)
+
+// nsDumper is a namespace's fake dumper: it serves the sockets its
+// namespace holds now.
+type nsDumper struct {
+	world  *world
+	id     uint64
+	path   string
+	closed bool
+}
+
+func (d *nsDumper) DumpTCP(ctx context.Context, req netlinkdiag.Request, fn func(*netlinkdiag.Socket) error) error {
+	if d.closed {
+		return errors.New("dump on a closed dumper")
+	}
+	socks, ok := d.world.sockets[d.id]
+	if !ok {
+		return fmt.Errorf("network namespace %s vanished: %w", d.path, os.ErrNotExist)
+	}
+	for i := range socks {
+		if err := fn(&socks[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *nsDumper) Close() error { d.closed = true; return nil }
+
+// world is a host's namespaces and their sockets.
+type world struct {
+	names   map[uint64]string
+	paths   map[uint64]string
+	sockets map[uint64][]netlinkdiag.Socket
+	dialed  []*nsDumper
+}
+
+func (w *world) discovery() Discovery {
+	return Discovery{
+		Discover: func() ([]Namespace, error) {
+			var out []Namespace
+			for id, name := range w.names {
+				out = append(out, Namespace{ID: id, Name: name, Path: w.paths[id]})
+			}
+			return out, nil
+		},
+		Dial: func(ns Namespace) (DumpCloser, error) {
+			d := &nsDumper{world: w, id: ns.ID, path: ns.Path}
+			w.dialed = append(w.dialed, d)
+			return d, nil
+		},
+	}
+}
+
+func sockAt(cookie uint64, kstate uint8, port uint16) netlinkdiag.Socket {
+	return netlinkdiag.Socket{Family: syscall.AF_INET, State: kstate, Cookie: cookie,
+		Src: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), Inode: uint32(cookie)}
+}
+
+func byName(s *Snapshot) map[string]Counts {
+	out := map[string]Counts{}
+	for _, ns := range s.Namespaces {
+		out[ns.Name] = ns.Sockets
+	}
+	return out
+}
+
+func TestDiscoveringPoller(t *testing.T) {
+	w := &world{
+		names: map[uint64]string{1: "host", 2: "web"},
+		paths: map[uint64]string{1: "/proc/1/ns/net", 2: "/run/netns/web"},
+		sockets: map[uint64][]netlinkdiag.Socket{
+			1: {sockAt(10, netlinkdiag.StateListen, 22)},
+			2: {sockAt(20, netlinkdiag.StateListen, 80), sockAt(21, netlinkdiag.StateCloseWait, 80)},
+		},
+	}
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	p := NewDiscoveringPoller(w.discovery(), Config{MaxTracked: 100, PortTop: 10, Now: clock.Now,
+		AttributionStates: []State{CloseWait}})
+	poll := func() *Snapshot {
+		t.Helper()
+		clock.now = clock.now.Add(time.Second)
+		if err := p.Poll(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return p.Snapshot()
+	}
+	s := poll()
+	var host, web Counts
+	host[IPv4][Listen] = 1
+	web[IPv4][Listen] = 1
+	web[IPv4][CloseWait] = 1
+	if d := cmp.Diff(map[string]Counts{"host": host, "web": web}, byName(s)); d != "" {
+		t.Errorf("per namespace (-want +got)\n%s", d)
+	}
+	if s.Sockets[IPv4][Listen] != 2 || s.Tracked != 3 {
+		t.Errorf("totals: %d LISTEN, %d tracked; want 2 and 3", s.Sockets[IPv4][Listen], s.Tracked)
+	}
+	if got := p.AttributionInodes(nil); !cmp.Equal(got, []InodeState{{21, CloseWait}}) {
+		t.Errorf("attribution inodes = %v", got)
+	}
+
+	// A namespace appears, one vanishes: no error, its dumper is closed,
+	// its series go.
+	w.names[3], w.paths[3] = "db", "/proc/77/ns/net"
+	w.sockets[3] = []netlinkdiag.Socket{sockAt(30, netlinkdiag.StateEstablished, 5432)}
+	delete(w.names, 2)
+	delete(w.sockets, 2)
+	s = poll()
+	if _, ok := byName(s)["web"]; ok {
+		t.Error("the vanished namespace is still published")
+	}
+	if _, ok := byName(s)["db"]; !ok {
+		t.Error("the new namespace is not published")
+	}
+	if s.Errors != [NumReasons]uint64{} {
+		t.Errorf("errors %v, want none", s.Errors)
+	}
+	for _, d := range w.dialed {
+		if d.id == 2 && !d.closed {
+			t.Error("the vanished namespace's dumper was not closed")
+		}
+	}
+
+	// Vanishing between discovery and dump is no error either.
+	w.sockets[1] = nil
+	delete(w.sockets, 1)
+	s = poll()
+	if s.Errors != [NumReasons]uint64{} {
+		t.Errorf("errors %v after a namespace vanished mid-poll, want none", s.Errors)
+	}
+	if _, ok := byName(s)["host"]; ok {
+		t.Error("a namespace that vanished mid-poll is still published")
+	}
+	p.Close()
+	for _, d := range w.dialed {
+		if !d.closed {
+			t.Errorf("dumper of namespace %d left open after Close", d.id)
+		}
+	}
+}
+
+func TestDiscoveringPollerFollowsNewPath(t *testing.T) {
+	w := &world{
+		names:   map[uint64]string{7: "app"},
+		paths:   map[uint64]string{7: "/proc/100/ns/net"},
+		sockets: map[uint64][]netlinkdiag.Socket{7: {sockAt(1, netlinkdiag.StateEstablished, 4000)}},
+	}
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	p := NewDiscoveringPoller(w.discovery(), Config{MaxTracked: 100, Now: clock.Now})
+	for i, path := range []string{"/proc/100/ns/net", "/proc/100/ns/net", "/proc/200/ns/net", "/proc/200/ns/net"} {
+		w.paths[7] = path
+		clock.now = clock.now.Add(time.Second)
+		if err := p.Poll(context.Background()); err != nil {
+			t.Fatalf("poll %d: %v", i, err)
+		}
+	}
+	// The process we entered by went; the namespace stayed. The tracker
+	// must have carried on: the socket is 3 s old, not new.
+	s := p.Snapshot()
+	if got := s.Namespaces[0].Oldest[Established]; got != 3*time.Second {
+		t.Errorf("oldest ESTABLISHED = %v, want 3s (tracking kept across the reopen)", got)
+	}
+	if len(w.dialed) != 2 || !w.dialed[0].closed || w.dialed[1].path != "/proc/200/ns/net" {
+		t.Errorf("dialed %d times; want the old path closed and the new one open", len(w.dialed))
+	}
+}
+
+func TestDiscoveringPollerSharesTheTrackingBudget(t *testing.T) {
+	w := &world{
+		names: map[uint64]string{1: "a", 2: "b"},
+		paths: map[uint64]string{1: "/a", 2: "/b"},
+		sockets: map[uint64][]netlinkdiag.Socket{
+			1: {sockAt(1, netlinkdiag.StateEstablished, 1), sockAt(2, netlinkdiag.StateEstablished, 1)},
+			2: {sockAt(3, netlinkdiag.StateEstablished, 1), sockAt(4, netlinkdiag.StateEstablished, 1)},
+		},
+	}
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	p := NewDiscoveringPoller(w.discovery(), Config{MaxTracked: 3, Now: clock.Now})
+	for range 2 {
+		clock.now = clock.now.Add(time.Second)
+		if err := p.Poll(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := p.Snapshot()
+	if s.Tracked != 3 || s.Untracked != 1 {
+		t.Errorf("tracked %d untracked %d over two namespaces with a bound of 3; want 3 and 1", s.Tracked, s.Untracked)
+	}
+}
+
+func TestPortBreakdown(t *testing.T) {
+	listener := func(cookie uint64, port uint16, queue, limit uint32) netlinkdiag.Socket {
+		s := sockAt(cookie, netlinkdiag.StateListen, port)
+		s.RQueue, s.WQueue = queue, limit
+		return s
+	}
+	socks := []netlinkdiag.Socket{
+		// Connections may come before their listener in a dump.
+		sockAt(1, netlinkdiag.StateCloseWait, 8080),
+		sockAt(2, netlinkdiag.StateCloseWait, 8080),
+		listener(3, 8080, 2, 128),
+		listener(4, 8080, 1, 128), // a second listener on the port (IPv6 or SO_REUSEPORT)
+		listener(5, 22, 0, 64),
+		sockAt(6, netlinkdiag.StateEstablished, 22),
+		listener(7, 9000, 0, 16),
+		sockAt(8, netlinkdiag.StateFinWait2, 40001), // a client: no listener on its port
+		sockAt(9, netlinkdiag.StateEstablished, 40002),
+	}
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	p := NewPoller(&fakeDumper{clock: clock, steps: []step{{socks: socks}}}, Config{MaxTracked: 100, PortTop: 2, Now: clock.Now})
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := p.Snapshot().Ports
+	row := func(k PortKind, port uint16, q, l int, st map[State]int) PortCount {
+		r := PortCount{Kind: k, Port: port, Queue: q, Limit: l}
+		for s, n := range st {
+			r.Sockets[s] = n
+		}
+		return r
+	}
+	want := PortBreakdown{Folded: 1, Rows: []PortCount{
+		row(PortListening, 8080, 3, 256, map[State]int{Listen: 2, CloseWait: 2}),
+		row(PortListening, 22, 0, 64, map[State]int{Listen: 1, Established: 1}),
+		row(PortNone, 0, 0, 0, map[State]int{FinWait2: 1, Established: 1}),
+		row(PortOther, 0, 0, 16, map[State]int{Listen: 1}),
+	}}
+	sortRows := cmp.Transformer("byKind", func(rows []PortCount) map[string]PortCount {
+		m := map[string]PortCount{}
+		for _, r := range rows {
+			m[fmt.Sprint(r.Kind, r.Port)] = r
+		}
+		return m
+	})
+	if d := cmp.Diff(want, got, sortRows); d != "" {
+		t.Errorf("port breakdown (-want +got)\n%s", d)
+	}
+	if got.Rows[0].Port != 8080 || got.Rows[1].Port != 22 {
+		t.Errorf("listening rows not ranked by socket count: %v", got.Rows[:2])
+	}
+}
