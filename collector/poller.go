@@ -316,7 +316,7 @@ func (p *Poller) pollTarget(ctx context.Context, t *target, start time.Time) err
 			p.next.Errors[ReasonUnknownState] += uint64(res.Unknown)
 			break
 		}
-		p.next.Errors[ReasonUnknownState] += uint64(t.tracker.Abort().Unknown)
+		aborted := t.tracker.Abort()
 		if ctx.Err() != nil {
 			// Cut short by shutdown: not a failure of the poll.
 			return ctx.Err()
@@ -328,7 +328,10 @@ func (p *Poller) pollTarget(ctx context.Context, t *target, start time.Time) err
 			break
 		}
 		p.next.Errors[Classify(err)]++
-		if !errors.Is(err, netlinkdiag.ErrDumpInterrupted) {
+		if !errors.Is(err, netlinkdiag.ErrDumpInterrupted) || attempt == 1 {
+			// Sockets in unknown states are counted once per poll: from
+			// the retry, not from the dump it replaced.
+			p.next.Errors[ReasonUnknownState] += uint64(aborted.Unknown)
 			break
 		}
 	}

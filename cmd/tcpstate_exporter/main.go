@@ -124,7 +124,8 @@ func run(args []string, stderr io.Writer) int {
 	logger := promslog.New(&o.log)
 	if err := serve(o, logger); err != nil {
 		logger.Error("exiting", "err", err)
-		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		// One line, whatever the error holds (YAML errors span several).
+		fmt.Fprintf(stderr, "%s: %s\n", name, strings.Join(strings.Fields(err.Error()), " "))
 		return 1
 	}
 	return 0
@@ -163,6 +164,9 @@ func newPoller(o *options, cfg collector.Config) (*collector.Poller, []exporter.
 
 func serve(o *options, logger *slog.Logger) error {
 	logger.Info("starting", "version", version.Info(), "build", version.BuildContext())
+	if err := web.Validate(*o.web.WebConfigFile); err != nil {
+		return fmt.Errorf("--web.config.file=%s: %w", *o.web.WebConfigFile, err)
+	}
 	hist := exporter.NewHistograms()
 	poller, exporterOpts, closePoller, err := newPoller(o, collector.Config{
 		Interval:          o.interval,
@@ -226,6 +230,12 @@ func serve(o *options, logger *slog.Logger) error {
 		MaxHeaderBytes:    1 << 16,
 	}
 
+	// Start-up is over: keep only the capabilities polling and serving
+	// need (see privileges_linux.go). This comes before listening, so a
+	// listen port below 1024 takes systemd socket activation.
+	if err := dropPrivileges(o.netns != "", logger); err != nil {
+		return fmt.Errorf("drop privileges: %w", err)
+	}
 	var background sync.WaitGroup
 	background.Go(func() { poller.Run(ctx) })
 	if attributor != nil {

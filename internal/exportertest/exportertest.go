@@ -76,6 +76,8 @@ var listening = regexp.MustCompile(`msg="?Listening on"? .*address=\[?([0-9.:a-f
 func Start(t testing.TB, args ...string) *Process {
 	t.Helper()
 	cmd := exec.Command(Binary(t), append([]string{"--web.listen-address=127.0.0.1:0", "--log.format=logfmt"}, args...)...)
+	// A race build otherwise sleeps a second at exit.
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
 	p := &Process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw

@@ -1,0 +1,356 @@
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
+	"github.com/tcpstate/tcpstate_exporter/internal/loadtest"
+	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
+)
+
+// helperEnv selects what TestHelperProcess does in a child process.
+const helperEnv = "TCPSTATE_EXPORTER_HELPER"
+
+// TestHelperProcess is not a test: run as a child by the tests below, it
+// drops privileges ("drop-keep", "drop") and then answers commands on
+// stdin, or runs the exporter with the arguments after "--" ("serve"). It
+// does nothing when run as part of the suite.
+func TestHelperProcess(t *testing.T) {
+	mode := os.Getenv(helperEnv)
+	if mode == "" {
+		return
+	}
+	if mode == "serve" {
+		os.Exit(run(flag.Args(), os.Stderr))
+	}
+	// Threads made before the drop must lose their capabilities too.
+	var park sync.WaitGroup
+	stop := make(chan struct{})
+	lockThreads(&park, stop, 8)
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := dropPrivileges(mode == "drop-keep", logger); err != nil {
+		fmt.Printf("drop: %v\n", err)
+		os.Exit(1)
+	}
+	lockThreads(&park, stop, 4)
+	fmt.Println("ready")
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		path, ok := strings.CutPrefix(sc.Text(), "enter ")
+		if !ok {
+			break
+		}
+		fmt.Println(enterFromManyThreads(path))
+	}
+	close(stop)
+	park.Wait()
+	os.Exit(0)
+}
+
+// lockThreads parks n goroutines each on an OS thread of its own until
+// stop is closed, so the process has threads the runtime made at that
+// point.
+func lockThreads(wg *sync.WaitGroup, stop <-chan struct{}, n int) {
+	started := make(chan struct{})
+	for range n {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			started <- struct{}{}
+			<-stop
+		})
+	}
+	for range n {
+		<-started
+	}
+}
+
+// enterFromManyThreads opens sock_diag in the namespace at path from
+// several goroutines at once, which run on different threads, and says how
+// that went: "ok" if every one could, else the first error.
+func enterFromManyThreads(path string) string {
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			c, err := netlinkdiag.Dial(netlinkdiag.Options{NetNS: path})
+			if err == nil {
+				c.Close()
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return "error: " + err.Error()
+		}
+	}
+	return "ok"
+}
+
+var (
+	helperOnce sync.Once
+	helperPath string
+	helperErr  error
+)
+
+// helperBinary builds this package's tests without cgo, the way release
+// binaries are built (the race detector needs cgo, and a cgo binary cannot
+// change the credentials of all its threads), into a directory anyone may
+// enter.
+func helperBinary(t testing.TB) string {
+	t.Helper()
+	helperOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tcpstate-exporter-nocgo-")
+		if err == nil {
+			err = os.Chmod(dir, 0o755)
+		}
+		if err != nil {
+			helperErr = err
+			return
+		}
+		helperPath = filepath.Join(dir, "tcpstate_exporter.test")
+		cmd := exec.Command("go", "test", "-c", "-o", helperPath, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			helperErr = fmt.Errorf("go test -c without cgo: %v\n%s", err, out)
+		}
+	})
+	if helperErr != nil {
+		t.Fatal(helperErr)
+	}
+	return helperPath
+}
+
+// threadCaps reads the capability sets and no_new_privs of every thread
+// of pid, and fails the test unless all threads agree. Masks are hex as
+// in /proc.
+type threadCaps struct {
+	Eff, Prm, Inh, Bnd, Amb string
+	NoNewPrivs              string
+}
+
+func capsOfAllThreads(t *testing.T, pid int) threadCaps {
+	t.Helper()
+	tids, err := loadtest.Threads(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first threadCaps
+	for i, tid := range tids {
+		st, err := loadtest.Status(pid, tid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := threadCaps{st["CapEff"], st["CapPrm"], st["CapInh"], st["CapBnd"], st["CapAmb"], st["NoNewPrivs"]}
+		if i == 0 {
+			first = c
+		} else if c != first {
+			t.Fatalf("thread %d of %d: %+v, thread %d: %+v; credentials differ between threads", tid, pid, c, tids[0], first)
+		}
+	}
+	t.Logf("%d threads, each %+v", len(tids), first)
+	return first
+}
+
+func mask(caps ...int) string {
+	var m uint64
+	for _, c := range caps {
+		m |= 1 << c
+	}
+	return fmt.Sprintf("%016x", m)
+}
+
+// TestIntegrationDropPrivileges runs dropPrivileges in a child that starts
+// with every capability, and checks from the outside, thread by thread,
+// what it kept, and from the inside that entering a namespace still works
+// exactly when it was asked to keep that.
+func TestIntegrationDropPrivileges(t *testing.T) {
+	_, nsPath := netnstest.New(t)
+	bin := helperBinary(t)
+	for _, c := range []struct {
+		mode  string
+		want  string
+		enter string
+	}{
+		{"drop-keep", mask(unix.CAP_DAC_READ_SEARCH, unix.CAP_SYS_PTRACE, unix.CAP_SYS_ADMIN), "ok"},
+		{"drop", mask(unix.CAP_DAC_READ_SEARCH, unix.CAP_SYS_PTRACE), "operation not permitted"},
+	} {
+		t.Run(c.mode, func(t *testing.T) {
+			pid, enter := startHelper(t, bin, c.mode, nil)
+			got := capsOfAllThreads(t, pid)
+			want := threadCaps{Eff: c.want, Prm: c.want, Inh: mask(), Bnd: c.want, Amb: mask(), NoNewPrivs: "1"}
+			if got != want {
+				t.Errorf("after dropPrivileges: %+v, want %+v", got, want)
+			}
+			if res := enter(nsPath); !strings.Contains(res, c.enter) {
+				t.Errorf("entering a namespace after the drop: %q, want %q", res, c.enter)
+			}
+		})
+	}
+	t.Run("unprivileged", func(t *testing.T) {
+		// Nothing to drop: no error, and no_new_privs still set.
+		pid, enter := startHelper(t, bin, "drop", nobody())
+		got := capsOfAllThreads(t, pid)
+		want := threadCaps{Eff: mask(), Prm: mask(), Inh: mask(), Bnd: mask(), Amb: mask(), NoNewPrivs: "1"}
+		if got != want {
+			t.Errorf("unprivileged after dropPrivileges: %+v, want %+v", got, want)
+		}
+		if res := enter(nsPath); !strings.Contains(res, "operation not permitted") {
+			t.Errorf("entering a namespace unprivileged: %q", res)
+		}
+	})
+}
+
+// startHelper starts the helper binary in mode under wrapper, waits until
+// it has dropped privileges, and returns its PID and a function that asks
+// it to enter a namespace.
+func startHelper(t *testing.T, bin, mode string, wrapper []string) (int, func(path string) string) {
+	t.Helper()
+	argv := append(wrapper, bin, "-test.run=^TestHelperProcess$")
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr lockedBuffer
+	cmd.Stderr = writerFunc(stderr.WriteString)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("helper %s: %v\n%s", mode, err, stderr.String())
+			}
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			t.Errorf("helper %s did not exit", mode)
+		}
+	})
+	lines := bufio.NewScanner(stdout)
+	readLine := func() string {
+		got := make(chan string, 1)
+		go func() {
+			if lines.Scan() {
+				got <- lines.Text()
+			} else {
+				got <- "EOF"
+			}
+		}()
+		select {
+		case l := <-got:
+			return l
+		case <-time.After(20 * time.Second):
+			t.Fatalf("helper %s silent for 20 s\n%s", mode, stderr.String())
+			return ""
+		}
+	}
+	if l := readLine(); l != "ready" {
+		t.Fatalf("helper %s: %q\n%s", mode, l, stderr.String())
+	}
+	return cmd.Process.Pid, func(path string) string {
+		if _, err := io.WriteString(stdin, "enter "+path+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		return readLine()
+	}
+}
+
+type writerFunc func(string)
+
+func (w writerFunc) Write(p []byte) (int, error) { w(string(p)); return len(p), nil }
+
+// TestIntegrationPrivilegesDroppedAfterStartup runs the exporter, built as
+// releases are, as root with every capability, and reads what it holds
+// once it serves: with --netns, CAP_SYS_ADMIN (to re-enter the namespace),
+// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; without, only the last two; and
+// no_new_privs. The namespace is then deleted and made anew under the same
+// name, which the exporter can only follow if it kept CAP_SYS_ADMIN.
+//
+// FAILS UNTIL main.go's serve() calls dropPrivileges after the first poll.
+func TestIntegrationPrivilegesDroppedAfterStartup(t *testing.T) {
+	name, path := netnstest.New(t)
+	bin := helperBinary(t)
+	serve := func(args ...string) *proc {
+		return startProc(t, []string{helperEnv + "=serve"}, append([]string{bin, "-test.run=^TestHelperProcess$", "--"}, args...)...)
+	}
+
+	p := serve("--netns="+name, "--poll.interval=100ms")
+	exportertest.Scrape(t, metricsURL(p))
+	want := mask(unix.CAP_DAC_READ_SEARCH, unix.CAP_SYS_PTRACE, unix.CAP_SYS_ADMIN)
+	got := capsOfAllThreads(t, p.PID)
+	if got != (threadCaps{Eff: want, Prm: want, Inh: mask(), Bnd: want, Amb: mask(), NoNewPrivs: "1"}) {
+		t.Errorf("serving --netns: %+v, want CapEff=CapPrm=CapBnd=%s and NoNewPrivs 1", got, want)
+	}
+	recreateNamespace(t, name, path)
+	listener := listenIn(t, path)
+	if _, ok := eventually(t, metricsURL(p), 10*time.Second, func(m exportertest.Metrics) bool {
+		return m.Value("tcpstate_sockets", "family=ipv4", "state=LISTEN") == 1
+	}); !ok {
+		t.Errorf("after its namespace was made anew, the exporter did not follow it\n%s", p.Log())
+	}
+	unix.Close(listener)
+	p.Stop(t)
+
+	p = serve("--poll.interval=100ms")
+	exportertest.Scrape(t, metricsURL(p))
+	want = mask(unix.CAP_DAC_READ_SEARCH, unix.CAP_SYS_PTRACE)
+	if got := capsOfAllThreads(t, p.PID); got != (threadCaps{Eff: want, Prm: want, Inh: mask(), Bnd: want, Amb: mask(), NoNewPrivs: "1"}) {
+		t.Errorf("serving its own namespace: %+v, want CapEff=CapPrm=CapBnd=%s and NoNewPrivs 1", got, want)
+	}
+}
+
+// TestIntegrationCgoBuildWarnsCapabilitiesKept: a binary built with cgo
+// (the race detector's, here) cannot drop capabilities on all threads; it
+// must say so rather than drop them on some.
+//
+// FAILS UNTIL main.go's serve() calls dropPrivileges after the first poll.
+func TestIntegrationCgoBuildWarnsCapabilitiesKept(t *testing.T) {
+	netnstest.RequireRoot(t)
+	out, err := exec.Command("go", "version", "-m", exportertest.Binary(t)).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "CGO_ENABLED=1") {
+		t.Skip("the test binary is built without cgo; TestIntegrationPrivilegesDroppedAfterStartup covers it")
+	}
+	p := startProc(t, nil, exportertest.Binary(t), "--poll.interval=100ms")
+	exportertest.Scrape(t, metricsURL(p))
+	if !strings.Contains(p.Log(), "capabilities not dropped") {
+		t.Errorf("no warning that capabilities were kept:\n%s", p.Log())
+	}
+	ours, err := loadtest.Status(os.Getpid(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := capsOfAllThreads(t, p.PID); got.NoNewPrivs != "0" || got.Eff != ours["CapEff"] || got.Bnd != ours["CapBnd"] {
+		t.Errorf("a cgo build changed some credentials: %+v, started with CapEff %s CapBnd %s", got, ours["CapEff"], ours["CapBnd"])
+	}
+}
