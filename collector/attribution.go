@@ -154,18 +154,5 @@ func (a *Attributor) Attribute() *Attribution {
 
 // Run attributes every Interval until ctx is done.
 func (a *Attributor) Run(ctx context.Context) {
-	interval := a.cfg.Interval
-	if interval <= 0 {
-		interval = 15 * time.Second
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.Attribute()
-		}
-	}
+	every(ctx, a.cfg.Interval, 15*time.Second, func() { a.Attribute() })
 }

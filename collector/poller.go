@@ -467,9 +467,16 @@ func (p *Poller) logTransition(t *target, err error) {
 // the interval is counted as an overrun and the ticks it missed are
 // dropped, so polls never pile up.
 func (p *Poller) Run(ctx context.Context) {
-	interval := p.cfg.Interval
+	every(ctx, p.cfg.Interval, time.Second, func() {
+		_ = p.Poll(ctx) // counted and logged by Poll
+	})
+}
+
+// every calls fn every interval (or fallback, if interval is not positive)
+// until ctx is done. Ticks missed while fn runs are dropped, not queued.
+func every(ctx context.Context, interval, fallback time.Duration, fn func()) {
 	if interval <= 0 {
-		interval = time.Second
+		interval = fallback
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -478,7 +485,7 @@ func (p *Poller) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			_ = p.Poll(ctx) // counted and logged by Poll
+			fn()
 		}
 	}
 }
