@@ -2,29 +2,37 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	gocmp "github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 )
 
 const (
-	leakAlert = "TCPStateCloseWaitLeak"
-	leaks     = 5 // sockets left in CLOSE_WAIT
+	leakAlert  = "TCPStateCloseWaitLeak"
+	queueAlert = "TCPStateAcceptQueueFull"
+	leaks      = 5 // sockets left in CLOSE_WAIT
 )
 
 // The shipped rules with test thresholds: the CLOSE_WAIT leak alert fires
@@ -39,9 +47,17 @@ const testFor = "3s"
 
 // TestIntegrationPrometheusEndToEnd runs the exporter on a network namespace
 // of its own, scraped every second by a real Prometheus that evaluates the
-// shipped rules, leaks sockets in CLOSE_WAIT there, and checks what
-// Prometheus sees: the socket count, the leak alert firing and no other, and
-// every query of the dashboard and of the recording rules returning data.
+// shipped rules, leaks sockets in CLOSE_WAIT there and fills an accept
+// queue, and checks what Prometheus sees: the socket counts; who leaks (the
+// test's own process, on the leak's listening port), found by the leak
+// alert's runbook queries; the leak and accept queue alerts firing and no
+// other; and every query of the dashboard and of the recording rules
+// returning data.
+//
+// A second exporter observes every namespace (--netns=all), and Prometheus
+// keeps what it sees of the test's namespace: the dashboard's namespace
+// variable and panels are checked both with the netns label (that exporter,
+// the test's namespace chosen) and without it (the first, All chosen).
 func TestIntegrationPrometheusEndToEnd(t *testing.T) {
 	netnstest.RequireRoot(t)
 	prometheus := requireTool(t, "prometheus", promtoolHint)
@@ -51,19 +67,23 @@ func TestIntegrationPrometheusEndToEnd(t *testing.T) {
 	bin := buildExporter(t)
 	nsName, nsPath := netnstest.New(t)
 
+	// Attribution every second, of the default --attribution.states
+	// (CLOSE_WAIT).
 	exporterAddr := freeAddr(t)
-	startProcess(t, "exporter", bin,
+	startExporter(t, ctx, bin, exporterAddr,
 		"--netns="+nsName,
 		"--poll.interval=1s",
-		"--web.listen-address="+exporterAddr,
+		"--attribution.interval=1s",
 	)
-	waitFor(t, ctx, "the exporter's first poll", func() error {
-		v, err := scrapeValue("http://"+exporterAddr+"/metrics", "tcpstate_last_poll_timestamp_seconds")
-		if err == nil && v <= 0 {
-			err = errors.New("tcpstate_last_poll_timestamp_seconds is 0")
-		}
-		return err
-	})
+	allAddr := freeAddr(t)
+	// The second sees the host's other namespaces too, whose ports could
+	// push the test's out of the top --port.top.
+	startExporter(t, ctx, bin, allAddr,
+		"--netns=all",
+		"--poll.interval=1s",
+		"--port.top=10000",
+		"--attribution.states=",
+	)
 
 	dir := t.TempDir()
 	rules := renderRules(t, shippedRules(t), testOverrides, testFor)
@@ -79,7 +99,16 @@ scrape_configs:
   - job_name: tcpstate
     static_configs:
       - targets: [%q]
-`, exporterAddr)
+  # Every namespace of the host, of which only the test's is kept: the
+  # others are not the test's to judge.
+  - job_name: tcpstate_all_namespaces
+    static_configs:
+      - targets: [%q]
+    metric_relabel_configs:
+      - source_labels: [__name__, netns]
+        regex: 'tcpstate_namespaces;|.+;%s'
+        action: keep
+`, exporterAddr, allAddr, regexp.QuoteMeta(nsName))
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -97,27 +126,46 @@ scrape_configs:
 	ln := listen(t, nsPath)
 	traffic(t, nsPath, ln, 3)
 
-	// The leak: the server side accepts and never closes; the client
-	// closes, leaving the server's sockets in CLOSE_WAIT.
+	// The leak: the server side (this process) accepts and never closes;
+	// the client closes, leaving the server's sockets in CLOSE_WAIT.
 	leakCloseWait(t, nsPath, ln, leaks)
+	leakPort := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	// A listener that never accepts, its queue full.
+	fullPort := strconv.Itoa(fillAcceptQueue(t, nsPath))
 
-	const closeWait = `sum(tcpstate_sockets{state="CLOSE_WAIT"})`
-	waitFor(t, ctx, closeWait+" == 5", func() error {
-		res, err := api.query(ctx, closeWait)
-		if err != nil {
-			return err
-		}
-		if len(res) != 1 || res[0].value() != leaks {
-			return fmt.Errorf("%s = %v", closeWait, res)
-		}
-		return nil
-	})
+	want := func(expr string, value float64) {
+		t.Helper()
+		waitFor(t, ctx, fmt.Sprintf("%s == %v", expr, value), func() error {
+			res, err := api.query(ctx, expr)
+			if err != nil {
+				return err
+			}
+			if len(res) != 1 || res[0].value() != value {
+				return fmt.Errorf("%s = %v", expr, res)
+			}
+			return nil
+		})
+	}
+	inst := fmt.Sprintf("instance=%q", exporterAddr)
+	want(`sum(tcpstate_sockets{`+inst+`, state="CLOSE_WAIT"})`, leaks)
+
+	// Who is leaking: this process, under its own name, on the leak's port.
+	comm := processName(t)
+	want(`sum(tcpstate_process_sockets{`+inst+`, state="CLOSE_WAIT"})`, leaks)
+	want(fmt.Sprintf(`tcpstate_process_sockets{%s, state="CLOSE_WAIT", process=%q}`, inst, comm), leaks)
+	want(fmt.Sprintf(`tcpstate_port_sockets{%s, state="CLOSE_WAIT", port=%q}`, inst, leakPort), leaks)
+	// The kernel queues one connection more than the backlog.
+	want(fmt.Sprintf(`tcpstate_listen_queue_length{%s, port=%q}`, inst, fullPort), 2)
+	want(fmt.Sprintf(`tcpstate_listen_queue_limit{%s, port=%q}`, inst, fullPort), 1)
+	// The same, labelled by namespace, from the --netns=all exporter.
+	want(fmt.Sprintf(`sum(tcpstate_sockets{instance=%q, netns=%q, state="CLOSE_WAIT"})`, allAddr, nsName), leaks)
+	want(fmt.Sprintf(`tcpstate_port_sockets{instance=%q, netns=%q, state="CLOSE_WAIT", port=%q}`, allAddr, nsName, leakPort), leaks)
 
 	// The rules rely on every state's series being present, sockets or not.
 	for expr, want := range map[string]float64{
-		"count(tcpstate_sockets)":                      22,
-		"count(tcpstate_oldest_in_state_seconds)":      11,
-		"count(tcpstate_state_duration_seconds_count)": 11,
+		"count(tcpstate_sockets{" + inst + "})":                      22,
+		"count(tcpstate_oldest_in_state_seconds{" + inst + "})":      11,
+		"count(tcpstate_state_duration_seconds_count{" + inst + "})": 11,
 	} {
 		res, err := api.query(ctx, expr)
 		if err != nil {
@@ -128,38 +176,48 @@ scrape_configs:
 		}
 	}
 
-	waitFor(t, ctx, leakAlert+" firing", func() error {
-		alerts, err := api.alerts(ctx)
-		if err != nil {
-			return err
-		}
-		for _, a := range alerts {
-			if a.Labels["alertname"] == leakAlert && a.State == "firing" {
-				if a.Labels["state"] != "CLOSE_WAIT" || a.Labels["instance"] != exporterAddr {
-					return fmt.Errorf("%s fires with labels %v", leakAlert, a.Labels)
-				}
-				for k, v := range a.Annotations {
-					if strings.Contains(v, "<error expanding template") || strings.Contains(v, "<no value>") {
-						return fmt.Errorf("%s: annotation %s did not expand: %s", leakAlert, k, v)
-					}
-				}
-				return nil
-			}
-		}
-		oldest, err := api.query(ctx, `tcpstate_oldest_in_state_seconds{state="CLOSE_WAIT"}`)
-		return fmt.Errorf("not firing; alerts: %+v; oldest in CLOSE_WAIT: %v (%v)", alerts, oldest, err)
-	})
+	// From the leak alert to the process: its runbook's queries name the
+	// leak's port and this process first.
+	checkRunbookQueries(t, ctx, api, rules, exporterAddr, map[string]string{"port": leakPort, "process": comm})
+
+	// Each alert fires for each exporter; the one observing every namespace
+	// says which.
+	for _, a := range []struct {
+		name   string
+		labels map[string]string
+	}{
+		{leakAlert, map[string]string{"instance": exporterAddr, "state": "CLOSE_WAIT"}},
+		{leakAlert, map[string]string{"instance": allAddr, "state": "CLOSE_WAIT", "netns": nsName}},
+		{queueAlert, map[string]string{"instance": exporterAddr, "port": fullPort}},
+		{queueAlert, map[string]string{"instance": allAddr, "port": fullPort, "netns": nsName}},
+	} {
+		waitForAlert(t, ctx, api, a.name, a.labels)
+	}
 
 	// Every query of the dashboard and of the recording rules returns data,
-	// and so does every recorded series.
+	// and so does every recorded series. The dashboard's queries run for
+	// the first exporter, the netns variable at All, but those of metrics
+	// only --netns=all has; and those that use the netns variable or such
+	// metrics run again for the second, the test's namespace chosen.
+	d := loadDashboard(t)
+	allNetns := d.variable(t, "netns").AllValue
 	type query struct{ what, expr string }
 	var queries []query
-	for _, e := range dashboardExprs(t) {
-		expr, err := substituteVariables(e.Expr, exporterAddr)
+	add := func(what string, e dashboardExpr, v queryValues) {
+		expr, err := substituteVariables(e.Expr, v)
 		if err != nil {
 			t.Fatalf("%s: %v", e, err)
 		}
-		queries = append(queries, query{"dashboard " + e.String(), expr})
+		queries = append(queries, query{what + e.String(), expr})
+	}
+	for _, e := range dashboardExprs(t) {
+		netnsOnly := usesMetric(e.Expr, netnsOnlyMetrics)
+		if !netnsOnly {
+			add("dashboard ", e, queryValues{Instance: exporterAddr, Netns: allNetns})
+		}
+		if netnsOnly || strings.Contains(e.Expr, "$netns") {
+			add("dashboard, --netns=all, ", e, queryValues{Instance: allAddr, Netns: nsName})
+		}
 	}
 	for _, r := range rules.records() {
 		queries = append(queries, query{"recording rule " + r.Record, r.Expr})
@@ -186,8 +244,14 @@ scrape_configs:
 		return nil
 	})
 
+	// The namespace panel and variable, with the netns label and without.
+	checkNamespacePanel(t, ctx, api, d, []namespaceCase{
+		{queryValues{Instance: exporterAddr, Netns: allNetns}, "observed namespace", nil},
+		{queryValues{Instance: allAddr, Netns: nsName}, nsName, []string{nsName}},
+	})
+
 	// The rules evaluate without errors, and on this quiet namespace no
-	// alert but the leak fires.
+	// alert fires but the leak's and the full accept queue's.
 	groups, err := api.rules(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -210,13 +274,211 @@ scrape_configs:
 	}
 	for _, a := range alerts {
 		switch {
-		case a.Labels["alertname"] == leakAlert:
+		case a.Labels["alertname"] == leakAlert, a.Labels["alertname"] == queueAlert && a.Labels["port"] == fullPort:
 		case a.State == "firing":
 			t.Errorf("unexpected alert %s firing on a quiet namespace: labels %v, value %s", a.Labels["alertname"], a.Labels, a.Value)
 		default:
 			t.Logf("alert %s %s: labels %v, value %s", a.Labels["alertname"], a.State, a.Labels, a.Value)
 		}
 	}
+}
+
+// startExporter starts the exporter and waits for its first poll.
+func startExporter(t *testing.T, ctx context.Context, bin, addr string, args ...string) {
+	t.Helper()
+	startProcess(t, "exporter", bin, append(args, "--web.listen-address="+addr)...)
+	waitFor(t, ctx, "the first poll of the exporter "+strings.Join(args, " "), func() error {
+		v, err := scrapeValue("http://"+addr+"/metrics", "tcpstate_last_poll_timestamp_seconds")
+		if err == nil && v <= 0 {
+			err = errors.New("tcpstate_last_poll_timestamp_seconds is 0")
+		}
+		return err
+	})
+}
+
+// processName returns this process's name as the kernel has it (comm), the
+// name the exporter attributes its sockets to.
+func processName(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// runbookQueryRE finds the PromQL queries quoted in a runbook annotation.
+var runbookQueryRE = regexp.MustCompile("`(topk\\([^`]+)`")
+
+// checkRunbookQueries runs the queries of the leak alert's runbook for the
+// instance, and checks that the first result of each names what want says:
+// a label (port, process) and its value, with the leak's socket count.
+func checkRunbookQueries(t *testing.T, ctx context.Context, api promAPI, rf ruleFile, instance string, want map[string]string) {
+	t.Helper()
+	var runbook string
+	for _, a := range rf.alerts() {
+		if a.Alert == leakAlert {
+			runbook = a.Annotations["runbook"]
+		}
+	}
+	found := map[string]bool{}
+	for _, m := range runbookQueryRE.FindAllStringSubmatch(runbook, -1) {
+		expr := strings.ReplaceAll(m[1], "{{ $labels.instance }}", instance)
+		res, err := api.query(ctx, expr)
+		if err != nil {
+			t.Fatalf("%s runbook: %s: %v", leakAlert, expr, err)
+		}
+		slices.SortFunc(res, func(a, b sample) int { return cmp.Compare(b.value(), a.value()) })
+		var matched bool
+		for label, value := range want {
+			if len(res) > 0 && res[0].Metric[label] != "" {
+				matched = true
+				found[label] = true
+				if res[0].Metric[label] != value || res[0].value() != leaks {
+					t.Errorf("%s runbook: %s: first %v, want %s=%q with %d sockets", leakAlert, expr, res[0], label, value, leaks)
+				}
+			}
+		}
+		if !matched {
+			t.Errorf("%s runbook: %s names none of %v: %v", leakAlert, expr, slices.Collect(maps.Keys(want)), res)
+		}
+	}
+	for label := range want {
+		if !found[label] {
+			t.Errorf("%s runbook: no query names the %s", leakAlert, label)
+		}
+	}
+}
+
+// waitForAlert waits until the alert fires with labels including want,
+// its annotations expanded.
+func waitForAlert(t *testing.T, ctx context.Context, api promAPI, name string, want map[string]string) {
+	t.Helper()
+	waitFor(t, ctx, fmt.Sprintf("%s firing with %v", name, want), func() error {
+		alerts, err := api.alerts(ctx)
+		if err != nil {
+			return err
+		}
+	next:
+		for _, a := range alerts {
+			if a.Labels["alertname"] != name || a.State != "firing" {
+				continue
+			}
+			for k, v := range want {
+				if a.Labels[k] != v {
+					continue next
+				}
+			}
+			for k, v := range a.Annotations {
+				if strings.Contains(v, "<error expanding template") || strings.Contains(v, "<no value>") {
+					return fmt.Errorf("%s: annotation %s did not expand: %s", name, k, v)
+				}
+			}
+			return nil
+		}
+		return fmt.Errorf("not firing; alerts: %+v", alerts)
+	})
+}
+
+// namespaceCase is what the dashboard's namespace panel and variable show
+// for an exporter: the panel's one line's netns, and the variable's values.
+type namespaceCase struct {
+	values    queryValues
+	line      string
+	variables []string
+}
+
+// checkNamespacePanel checks the per-namespace panel (sockets in the chosen
+// state by namespace: the leak's) and the netns variable's values.
+func checkNamespacePanel(t *testing.T, ctx context.Context, api promAPI, d dashboard, cases []namespaceCase) {
+	t.Helper()
+	var panelExpr string
+	for _, e := range dashboardExprs(t) {
+		if strings.Contains(e.Expr, "$netns_state") {
+			panelExpr = e.Expr
+		}
+	}
+	v := d.variable(t, "netns")
+	q, err := v.queryString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lv := regexp.MustCompile(`^label_values\((.+), *(\w+)\)$`).FindStringSubmatch(q)
+	if lv == nil {
+		t.Fatalf("variable netns: query %q is no label_values(selector, label)", q)
+	}
+	for _, c := range cases {
+		expr, err := substituteVariables(panelExpr, c.values)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := api.query(ctx, expr)
+		if err != nil {
+			t.Fatalf("%s: %v", expr, err)
+		}
+		if len(res) != 1 || res[0].Metric["netns"] != c.line || res[0].value() != leaks {
+			t.Errorf("%s = %v, want netns=%q with %d sockets", expr, res, c.line, leaks)
+		}
+		selector, err := substituteVariables(lv[1], c.values)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := api.labelValues(ctx, lv[2], selector)
+		if err != nil {
+			t.Fatalf("label values of %s for %s: %v", lv[2], selector, err)
+		}
+		if d := gocmp.Diff(c.variables, got, cmpopts.EquateEmpty()); d != "" {
+			t.Errorf("variable netns for %s: values (-want +got)\n%s", c.values.Instance, d)
+		}
+	}
+}
+
+// fillAcceptQueue opens, inside the namespace, a listener with a backlog of
+// 1 that never accepts, and connects to it until its accept queue is full:
+// the kernel queues one connection more than the backlog. It returns the
+// listener's port.
+func fillAcceptQueue(t *testing.T, nsPath string) int {
+	t.Helper()
+	fd := -1
+	var port int
+	var clients []net.Conn
+	t.Cleanup(func() {
+		for _, c := range clients {
+			c.Close()
+		}
+		if fd >= 0 {
+			syscall.Close(fd)
+		}
+	})
+	err := netnstest.Do(nsPath, func() error {
+		var err error
+		if fd, err = syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			return err
+		}
+		if err := syscall.Listen(fd, 1); err != nil {
+			return err
+		}
+		sa, err := syscall.Getsockname(fd)
+		if err != nil {
+			return err
+		}
+		port = sa.(*syscall.SockaddrInet4).Port
+		for range 2 {
+			c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 5*time.Second)
+			if err != nil {
+				return err
+			}
+			clients = append(clients, c)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
 }
 
 // buildExporter builds the exporter into a temporary directory.
@@ -479,6 +741,13 @@ func (p promAPI) query(ctx context.Context, expr string) ([]sample, error) {
 		return []sample{{Value: v}}, err
 	}
 	return nil, fmt.Errorf("result type %q", data.ResultType)
+}
+
+// labelValues returns the values of a label in the series matching selector.
+func (p promAPI) labelValues(ctx context.Context, label, selector string) ([]string, error) {
+	var values []string
+	err := p.get(ctx, "/api/v1/label/"+url.PathEscape(label)+"/values", url.Values{"match[]": {selector}}, &values)
+	return values, err
 }
 
 type alert struct {
