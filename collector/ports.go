@@ -45,19 +45,54 @@ type portStat struct {
 }
 
 // portTally counts sockets by local port during one dump of one namespace.
+//
+// Only ports known to listen (now, or at the previous dump) get a map
+// entry; every other socket, the client side of connections with its
+// ephemeral port, is counted straight into none, which costs a bitmap test
+// instead of a map update over tens of thousands of ports. Should a
+// listener show up after sockets on its port were counted into none
+// (kernels dump listeners first, but nothing promises it), those sockets
+// are found again in seen and moved to the port's row.
 type portTally struct {
-	ports map[uint16]portStat
+	listen, prev, counted [1 << 16 / 64]uint64 // bitmaps by port
+	ports                 map[uint16]portStat
+	none                  [NumStates]int32
+	seen                  []portState // sockets counted into none, in case
+	late                  bool        // a listener came after sockets on its port
 }
+
+type portState struct {
+	port  uint16
+	state State
+}
+
+func has(b *[1 << 16 / 64]uint64, port uint16) bool { return b[port>>6]&(1<<(port&63)) != 0 }
+func set(b *[1 << 16 / 64]uint64, port uint16)      { b[port>>6] |= 1 << (port & 63) }
 
 func (p *portTally) reset() {
 	if p.ports == nil {
 		p.ports = make(map[uint16]portStat)
 	}
 	clear(p.ports)
+	p.prev = p.listen
+	p.listen = [len(p.listen)]uint64{}
+	p.counted = [len(p.counted)]uint64{}
+	p.none = [NumStates]int32{}
+	p.seen = p.seen[:0]
+	p.late = false
 }
 
 func (p *portTally) add(s *netlinkdiag.Socket, st State) {
 	port := s.Src.Port()
+	if st == Listen {
+		set(&p.listen, port)
+		p.late = p.late || has(&p.counted, port)
+	} else if !has(&p.listen, port) && !has(&p.prev, port) {
+		p.none[st]++
+		set(&p.counted, port)
+		p.seen = append(p.seen, portState{port, st})
+		return
+	}
 	ps := p.ports[port]
 	ps.sockets[st]++
 	if st == Listen {
@@ -71,9 +106,22 @@ func (p *portTally) add(s *netlinkdiag.Socket, st State) {
 // rows turns the tally into rows: one per listening port, plus one PortNone
 // row for everything else (omitted when empty).
 func (p *portTally) rows(netns string) []PortCount {
+	if p.late {
+		for _, x := range p.seen {
+			if has(&p.listen, x.port) {
+				p.none[x.state]--
+				ps := p.ports[x.port]
+				ps.sockets[x.state]++
+				p.ports[x.port] = ps
+			}
+		}
+	}
 	out := make([]PortCount, 0, 8)
 	none := PortCount{Netns: netns, Kind: PortNone}
-	hasNone := false
+	hasNone := len(p.seen) > 0
+	for st, n := range p.none {
+		none.Sockets[st] += int(n)
+	}
 	for port, ps := range p.ports {
 		if !ps.listening {
 			for st, n := range ps.sockets {
@@ -88,7 +136,7 @@ func (p *portTally) rows(netns string) []PortCount {
 		}
 		out = append(out, r)
 	}
-	if hasNone {
+	if hasNone && none.Sockets != ([NumStates]int{}) {
 		out = append(out, none)
 	}
 	return out

@@ -1,0 +1,201 @@
+package collector
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"runtime"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
+)
+
+// benchSizes are the tracked-socket counts the tracker benchmarks run at.
+var benchSizes = []int{10_000, 100_000, 1_000_000}
+
+// population returns n sockets as a busy host's dump shows them: 90%
+// ESTABLISHED, 2.5% CLOSE_WAIT, 2.5% FIN_WAIT_2 and 5% TIME_WAIT (with the
+// kernel's timer), a quarter IPv6; half on 20 listening ports, half on
+// ephemeral ports (the client side); cookies allocated in order, as the
+// kernel does, but reported in hash-bucket order, that is shuffled, after
+// the listeners.
+func population(n int) []netlinkdiag.Socket {
+	rng := rand.New(rand.NewPCG(1, 2))
+	socks := make([]netlinkdiag.Socket, n)
+	const listeners = 20
+	for i := range socks {
+		s := &socks[i]
+		s.Family = unix.AF_INET
+		addr := netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		if i%4 == 3 {
+			s.Family, addr = unix.AF_INET6, netip.IPv6Loopback()
+		}
+		port := uint16(8000 + i%listeners)
+		if i%2 == 1 {
+			port = uint16(32768 + (i*7919)%28232)
+		}
+		s.Src = netip.AddrPortFrom(addr, port)
+		s.Cookie = uint64(4096 + i)
+		switch p := i % 40; {
+		case i < listeners:
+			s.State = netlinkdiag.StateListen
+		case p == 0:
+			s.State = netlinkdiag.StateCloseWait
+		case p == 1:
+			s.State = netlinkdiag.StateFinWait2
+		case p < 4:
+			s.State = netlinkdiag.StateTimeWait
+			s.Timer = netlinkdiag.TimerTimeWait
+			s.Expires = uint32(rng.IntN(60_000))
+		default:
+			s.State = netlinkdiag.StateEstablished
+		}
+	}
+	rest := socks[listeners:]
+	rng.Shuffle(len(rest), func(i, j int) { rest[i], rest[j] = rest[j], rest[i] })
+	return socks
+}
+
+// apply feeds one complete dump of socks, taken at now, to t.
+func apply(t *Tracker, now time.Time, socks []netlinkdiag.Socket) PollResult {
+	t.Begin(now)
+	for i := range socks {
+		t.Observe(&socks[i])
+	}
+	return t.Commit()
+}
+
+// BenchmarkTrackerSteady applies a dump in which every socket is already
+// tracked in the state it was in: the tracker's cost on a quiet host. It
+// must not allocate.
+func BenchmarkTrackerSteady(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("sockets=%d", n), func(b *testing.B) {
+			socks := population(n)
+			tr := NewTracker(n, func(State, time.Duration) {})
+			now := time.Unix(1_700_000_000, 0)
+			apply(tr, now, socks)
+			b.ReportAllocs()
+			for b.Loop() {
+				now = now.Add(time.Second)
+				if res := apply(tr, now, socks); res.Tracked != n {
+					b.Fatalf("tracked %d, want %d", res.Tracked, n)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/socket")
+		})
+	}
+}
+
+// BenchmarkTrackerChurn replaces a tenth of the sockets at every poll: the
+// replaced ones vanish (to CLOSED) and as many new ones appear.
+func BenchmarkTrackerChurn(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("sockets=%d", n), func(b *testing.B) {
+			socks := population(n)
+			tr := NewTracker(n+n/10, func(State, time.Duration) {})
+			now := time.Unix(1_700_000_000, 0)
+			apply(tr, now, socks)
+			next, off, churn := uint64(4096+n), 0, n/10
+			b.ReportAllocs()
+			for b.Loop() {
+				for i := range churn {
+					socks[(off+i)%n].Cookie = next
+					next++
+				}
+				off = (off + churn) % n
+				now = now.Add(time.Second)
+				if res := apply(tr, now, socks); res.Tracked != n {
+					b.Fatalf("tracked %d, want %d", res.Tracked, n)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/socket")
+		})
+	}
+}
+
+// BenchmarkTrackerMemory reports the heap a tracker holds per tracked
+// socket, after the first poll and after twenty polls that each replaced a
+// tenth of the sockets.
+func BenchmarkTrackerMemory(b *testing.B) {
+	for _, n := range benchSizes[1:] {
+		for _, polls := range []int{1, 20} {
+			b.Run(fmt.Sprintf("sockets=%d/polls=%d", n, polls), func(b *testing.B) {
+				socks := population(n)
+				var perSocket float64
+				for b.Loop() {
+					before := heapAlloc()
+					tr := NewTracker(n+n/10, nil)
+					now := time.Unix(1_700_000_000, 0)
+					next := uint64(4096 + n)
+					for p := range polls {
+						if p > 0 {
+							for i := range n / 10 {
+								socks[(p*(n/10)+i)%n].Cookie = next
+								next++
+							}
+						}
+						apply(tr, now, socks)
+						now = now.Add(time.Second)
+					}
+					after := heapAlloc()
+					if tr.Len() != n {
+						b.Fatalf("tracked %d, want %d", tr.Len(), n)
+					}
+					runtime.KeepAlive(tr)
+					perSocket = float64(after-before) / float64(n)
+				}
+				b.ReportMetric(perSocket, "B/socket")
+			})
+		}
+	}
+}
+
+// heapAlloc returns the live heap after a full collection.
+func heapAlloc() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
+// replayDumper hands the same dump to every poll.
+type replayDumper struct{ socks []netlinkdiag.Socket }
+
+func (d *replayDumper) DumpTCP(_ context.Context, _ netlinkdiag.Request, fn func(*netlinkdiag.Socket) error) error {
+	for i := range d.socks {
+		if err := fn(&d.socks[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BenchmarkPollerSteady is a whole poll minus the kernel: the dump
+// replayed from memory, the tracker and the port breakdown updated, a
+// snapshot published. Its allocations are per poll, not per socket.
+func BenchmarkPollerSteady(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("sockets=%d", n), func(b *testing.B) {
+			p := NewPoller(&replayDumper{population(n)}, Config{Interval: time.Second, MaxTracked: n, PortTop: 20})
+			ctx := context.Background()
+			if err := p.Poll(ctx); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := p.Poll(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if got := p.Snapshot().Tracked; got != n {
+				b.Fatalf("tracked %d, want %d", got, n)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/socket")
+		})
+	}
+}
