@@ -1,14 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,32 +15,11 @@ import (
 	"github.com/tcpstate/tcpstate_exporter/internal/statezoo"
 )
 
-var (
-	holderOnce sync.Once
-	holderPath string
-	holderErr  error
-)
-
 // holderNamed returns a copy of the sockholder program named name, so the
 // processes it runs have that comm.
 func holderNamed(t *testing.T, name string) string {
 	t.Helper()
-	holderOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sockholder-")
-		if err != nil {
-			holderErr = err
-			return
-		}
-		holderPath = filepath.Join(dir, "sockholder")
-		cmd := exec.Command("go", "build", "-o", holderPath, "../../internal/sockholder")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			holderErr = fmt.Errorf("build sockholder: %v\n%s", err, out)
-		}
-	})
-	if holderErr != nil {
-		t.Fatal(holderErr)
-	}
-	b, err := os.ReadFile(holderPath)
+	b, err := os.ReadFile(exportertest.Build(t, "sockholder", nil, "build", "./internal/sockholder"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,69 +30,10 @@ func holderNamed(t *testing.T, name string) string {
 	return path
 }
 
-// holderProc is a running sockholder.
-type holderProc struct {
-	name   string
-	lines  chan string
-	stderr *strings.Builder
-}
-
 // holder runs a sockholder copy named name inside the namespace.
-func holder(t *testing.T, ns, name string, args ...string) *holderProc {
+func holder(t *testing.T, ns, name string, args ...string) *child {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, holderNamed(t, name)}, args...)...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &holderProc{name: name, lines: make(chan string, 4), stderr: &strings.Builder{}}
-	cmd.Stderr = h.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			h.lines <- sc.Text()
-		}
-		close(h.lines)
-		io.Copy(io.Discard, stdout)
-	}()
-	t.Cleanup(func() {
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	return h
-}
-
-// await waits for a line starting with prefix and returns the rest.
-func (h *holderProc) await(t *testing.T, prefix string) string {
-	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		select {
-		case l, ok := <-h.lines:
-			if !ok {
-				t.Fatalf("%s exited before %q: %s", h.name, prefix, h.stderr.String())
-			}
-			if rest, ok := strings.CutPrefix(l, prefix); ok {
-				return rest
-			}
-		case <-deadline:
-			t.Fatalf("%s: no %q after 10 s: %s", h.name, prefix, h.stderr.String())
-		}
-	}
+	return startChild(t, name, nil, netnstest.Exec(ns, append([]string{holderNamed(t, name)}, args...)...)...)
 }
 
 // serveLeak starts a server named name that accepts n connections and never

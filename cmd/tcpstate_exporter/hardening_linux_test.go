@@ -1,18 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -24,8 +17,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sys/unix"
 
@@ -50,26 +41,6 @@ func clientIn(path string) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dial}}
 }
 
-// scrapeWith is exportertest.Scrape through client.
-func scrapeWith(t *testing.T, client *http.Client, url string) exportertest.Metrics {
-	t.Helper()
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s %v\n%s", url, resp.Status, err, b)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := parser.TextToMetricFamilies(bytes.NewReader(b))
-	if err != nil {
-		t.Fatalf("parse scrape of %s: %v", url, err)
-	}
-	return mfs
-}
-
 // TestIntegrationUnprivilegedExactCounts runs the exporter as nobody, with
 // no capability in any set, inside a namespace holding sockets in every
 // state: sock_diag dumps of one's own namespace need no privilege, and the
@@ -82,13 +53,13 @@ func TestIntegrationUnprivilegedExactCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer zoo.Close()
-	bin := sharedBinary(t)
-	p := startProc(t, nil, netnstest.Exec(name, nobody(bin, "--poll.interval=200ms")...)...)
+	bin := exportertest.Binary(t)
+	p := exportertest.StartWith(t, exportertest.Options{Wrapper: netnstest.Exec(name, nobody()...)}, "--poll.interval=200ms")
 
-	if exe, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(p.PID), "exe")); err != nil || exe != bin {
-		t.Fatalf("pid %d runs %q (%v), not the exporter: the wrappers did not exec in place", p.PID, exe, err)
+	if exe, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(p.PID()), "exe")); err != nil || exe != bin {
+		t.Fatalf("pid %d runs %q (%v), not the exporter: the wrappers did not exec in place", p.PID(), exe, err)
 	}
-	st, err := loadtest.Status(p.PID, 0)
+	st, err := loadtest.Status(p.PID(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +72,7 @@ func TestIntegrationUnprivilegedExactCounts(t *testing.T) {
 	var m exportertest.Metrics
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		m = scrapeWith(t, client, metricsURL(p))
+		m = exportertest.ScrapeWith(t, client, p.URL+"/metrics")
 		if cmp.Equal(want, socketCounts(m)) || time.Now().After(deadline) {
 			break
 		}
@@ -123,7 +94,6 @@ func TestIntegrationUnprivilegedExactCounts(t *testing.T) {
 func TestIntegrationPermissionDeniedAtStartup(t *testing.T) {
 	requireTool(t, "setpriv")
 	name, path := netnstest.New(t)
-	bin := sharedBinary(t)
 	for _, c := range []struct {
 		netns string
 		want  []string
@@ -132,18 +102,11 @@ func TestIntegrationPermissionDeniedAtStartup(t *testing.T) {
 		{"/proc/1/ns/net", []string{"/proc/1/ns/net", "permission denied"}},
 	} {
 		t.Run(c.netns, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			argv := nobody(bin, "--netns="+c.netns, "--web.listen-address=127.0.0.1:0")
-			cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			err := cmd.Run()
-			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-				t.Fatalf("exit: %v, want status 1\n%s", err, stderr.String())
+			code, stderr := exportertest.RunWith(t, exportertest.Options{Wrapper: nobody()}, "--netns="+c.netns, "--web.listen-address=127.0.0.1:0")
+			if code != 1 {
+				t.Fatalf("exit status %d, want 1\n%s", code, stderr)
 			}
-			last := lastLine(stderr.String())
+			last := lastLine(stderr)
 			if !strings.HasPrefix(last, "tcpstate_exporter: ") {
 				t.Errorf("last line %q is not the one-line reason", last)
 			}
@@ -197,8 +160,8 @@ func TestIntegrationNamespaceDeletedWhileRunning(t *testing.T) {
 	requireTool(t, "ip")
 	name, path := netnstest.New(t)
 	old := listenIn(t, path)
-	p := startProc(t, nil, exportertest.Binary(t), "--netns="+name, "--poll.interval=100ms")
-	url := metricsURL(p)
+	p := exportertest.Start(t, "--netns="+name, "--poll.interval=100ms")
+	url := p.URL + "/metrics"
 	if _, ok := eventually(t, url, 5*time.Second, func(m exportertest.Metrics) bool {
 		return m.Value("tcpstate_sockets", "family=ipv4", "state=LISTEN") == 1
 	}); !ok {
@@ -249,47 +212,6 @@ func TestIntegrationNamespaceDeletedWhileRunning(t *testing.T) {
 	}
 }
 
-// writeTLS writes a self-signed certificate for 127.0.0.1 and its key
-// into dir and returns the certificate.
-func writeTLS(t *testing.T, dir string) *x509.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "tcpstate_exporter test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, typ string, b []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("tls.crt", "CERTIFICATE", der)
-	write("tls.key", "EC PRIVATE KEY", keyDER)
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
-}
-
 // TestWebConfigTLSAndBasicAuth serves metrics behind TLS and basic auth
 // from --web.config.file: the right user and password get metrics over
 // TLS; a wrong password, an unknown user or no credentials get 401; plain
@@ -297,7 +219,7 @@ func writeTLS(t *testing.T, dir string) *x509.Certificate {
 // certificate, or speaks only TLS 1.1, cannot connect.
 func TestWebConfigTLSAndBasicAuth(t *testing.T) {
 	dir := t.TempDir()
-	cert := writeTLS(t, dir)
+	cert := exportertest.WriteCert(t, dir)
 	const user, password = "prometheus", "correct horse battery staple"
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
 	if err != nil {
@@ -307,7 +229,7 @@ func TestWebConfigTLSAndBasicAuth(t *testing.T) {
 	if err := os.WriteFile(config, []byte("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\nbasic_auth_users:\n  "+user+": '"+string(hash)+"'\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := startProc(t, nil, exportertest.Binary(t), "--web.config.file="+config, "--poll.interval=200ms")
+	p := exportertest.Start(t, "--web.config.file="+config, "--poll.interval=200ms")
 	secure := "https://" + p.Addr + "/metrics"
 
 	roots := x509.NewCertPool()
@@ -385,7 +307,7 @@ func TestWebConfigTLSAndBasicAuth(t *testing.T) {
 // timeout instead of holding a connection (and a goroutine) for ever.
 func TestSlowClientIsCutOff(t *testing.T) {
 	t.Parallel()
-	p := startProc(t, nil, exportertest.Binary(t), "--poll.interval=1s")
+	p := exportertest.Start(t, "--poll.interval=1s")
 	c, err := net.Dial("tcp", p.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -426,9 +348,9 @@ func TestBadWebConfig(t *testing.T) {
 		return path
 	}
 	cases := []struct {
-		name   string
-		config string
-		argv   func(bin string, args ...string) []string
+		name    string
+		config  string
+		wrapper []string
 	}{
 		{"directory", dir, nil},
 		{"invalid YAML", write("invalid.yml", "tls_server_config: [\n", 0o644), nil},
@@ -438,23 +360,15 @@ func TestBadWebConfig(t *testing.T) {
 	}
 	if os.Geteuid() == 0 {
 		cases = append(cases, struct {
-			name   string
-			config string
-			argv   func(bin string, args ...string) []string
-		}{"unreadable to the exporter's user", write("private.yml", "basic_auth_users: {}\n", 0o600), func(bin string, args ...string) []string {
-			return nobody(append([]string{bin}, args...)...)
-		}})
+			name    string
+			config  string
+			wrapper []string
+		}{"unreadable to the exporter's user", write("private.yml", "basic_auth_users: {}\n", 0o600), nobody()})
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			args := []string{"--web.listen-address=127.0.0.1:0", "--web.config.file=" + c.config}
-			var code int
-			var stderr string
-			if c.argv == nil {
-				code, stderr = exportertest.Run(t, args...)
-			} else {
-				code, stderr = runArgv(t, c.argv(sharedBinary(t), args...))
-			}
+			code, stderr := exportertest.RunWith(t, exportertest.Options{Wrapper: c.wrapper}, args...)
 			last := lastLine(stderr)
 			if code != 1 {
 				t.Errorf("exit %d, want 1\n%s", code, stderr)
@@ -464,29 +378,6 @@ func TestBadWebConfig(t *testing.T) {
 			}
 		})
 	}
-}
-
-// runArgv runs argv to completion (bounded by 20 s) and returns its exit
-// code and stderr.
-func runArgv(t *testing.T, argv []string) (int, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		t.Fatalf("%v did not exit within 20 s\n%s", argv, stderr.String())
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), stderr.String()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return 0, stderr.String()
 }
 
 // TestBadFlagValues: flag values the exporter cannot use are refused with
@@ -523,11 +414,10 @@ func TestBadFlagValues(t *testing.T) {
 // known start (no transition, no stay).
 func TestIntegrationRestartStartsClean(t *testing.T) {
 	name, path := netnstest.New(t)
-	bin := exportertest.Binary(t)
 	args := []string{"--netns=" + name, "--poll.interval=50ms"}
 
-	first := startProc(t, nil, append([]string{bin}, args...)...)
-	if _, ok := eventually(t, metricsURL(first), 5*time.Second, func(m exportertest.Metrics) bool {
+	first := exportertest.Start(t, args...)
+	if _, ok := eventually(t, first.URL+"/metrics", 5*time.Second, func(m exportertest.Metrics) bool {
 		return m.Value("tcpstate_polls_total") >= 2
 	}); !ok {
 		t.Fatal("no polls")
@@ -536,13 +426,13 @@ func TestIntegrationRestartStartsClean(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := eventually(t, metricsURL(first), 5*time.Second, func(m exportertest.Metrics) bool {
+	if _, ok := eventually(t, first.URL+"/metrics", 5*time.Second, func(m exportertest.Metrics) bool {
 		return m.Value("tcpstate_transitions_total", "from=CLOSED", "to=ESTABLISHED") == 100
 	}); !ok {
 		t.Fatal("the first exporter never saw 100 connections open")
 	}
 	churned.Close()
-	m, ok := eventually(t, metricsURL(first), 5*time.Second, func(m exportertest.Metrics) bool {
+	m, ok := eventually(t, first.URL+"/metrics", 5*time.Second, func(m exportertest.Metrics) bool {
 		return m.Value("tcpstate_transitions_total", "from=ESTABLISHED", "to=CLOSED") == 100
 	})
 	if !ok {
@@ -560,8 +450,8 @@ func TestIntegrationRestartStartsClean(t *testing.T) {
 	first.Stop(t)
 
 	started := time.Now()
-	second := startProc(t, nil, append([]string{bin}, args...)...)
-	m, ok = eventually(t, metricsURL(second), 5*time.Second, func(m exportertest.Metrics) bool {
+	second := exportertest.Start(t, args...)
+	m, ok = eventually(t, second.URL+"/metrics", 5*time.Second, func(m exportertest.Metrics) bool {
 		return m.Value("tcpstate_polls_total") >= 3
 	})
 	if !ok {
@@ -594,5 +484,21 @@ func TestIntegrationRestartStartsClean(t *testing.T) {
 	}
 	if age := m.Value("tcpstate_oldest_in_state_seconds", "state=ESTABLISHED"); age > time.Since(started).Seconds() {
 		t.Errorf("oldest ESTABLISHED %v s, older than the exporter (%v): carried over", age, time.Since(started))
+	}
+}
+
+// nobody is the command prefix that runs a command as user and group 65534
+// with no capability at all, in any set, and no way to gain one.
+func nobody() []string {
+	return []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+		"--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"}
+}
+
+// requireTool fails the test when a command it needs is missing: CI
+// installs them all, so a missing one is a broken machine, not a skip.
+func requireTool(t testing.TB, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		t.Fatalf("%s is needed: %v", name, err)
 	}
 }

@@ -21,10 +21,9 @@ func TestIntegrationSIGTERMDuringPoll(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pop.Close()
-	bin := exportertest.Binary(t)
 	for i := range 4 {
-		p := startProc(t, nil, bin, "--netns="+name, "--poll.interval=10ms")
-		m, ok := eventually(t, metricsURL(p), 10*time.Second, func(m exportertest.Metrics) bool {
+		p := exportertest.Start(t, "--netns="+name, "--poll.interval=10ms")
+		m, ok := eventually(t, p.URL+"/metrics", 10*time.Second, func(m exportertest.Metrics) bool {
 			return m.Value("tcpstate_polls_total") >= 5
 		})
 		if !ok {
@@ -44,7 +43,7 @@ func TestIntegrationSIGTERMDuringPoll(t *testing.T) {
 		if err := p.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		err, exited := p.Wait(time.Second)
+		exited, err := p.Wait(time.Second)
 		took := time.Since(start)
 		if !exited {
 			t.Fatalf("run %d: still running 1 s after SIGTERM\n%s", i, p.Log())

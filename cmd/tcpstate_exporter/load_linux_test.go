@@ -60,8 +60,8 @@ func TestIntegrationLoad(t *testing.T) {
 	duration := loadDuration(t)
 	warmup := duration / 6
 	name, path := netnstest.New(t)
-	p := startProc(t, nil, exportertest.Binary(t), "--netns="+name, "--poll.interval="+interval.String())
-	url := metricsURL(p)
+	p := exportertest.Start(t, "--netns="+name, "--poll.interval="+interval.String())
+	url := p.URL + "/metrics"
 	if _, ok := eventually(t, url, 5*time.Second, func(m exportertest.Metrics) bool {
 		return m.Value("tcpstate_polls_total") >= 2
 	}); !ok {
@@ -69,7 +69,7 @@ func TestIntegrationLoad(t *testing.T) {
 	}
 	before := exportertest.Scrape(t, url)
 	baseline := before.Value("tcpstate_tracked_sockets")
-	idle := loadSample{proc: p.sample(t), goroutines: before.Value("go_goroutines")}
+	idle := loadSample{proc: sample(t, p), goroutines: before.Value("go_goroutines")}
 
 	churn, err := loadtest.StartChurn(path, loadtest.ChurnOptions{Rate: churnRate, Workers: 4, GracefulEvery: graceEvery})
 	if err != nil {
@@ -90,7 +90,7 @@ func TestIntegrationLoad(t *testing.T) {
 	for tick := time.NewTicker(time.Second); time.Since(start) < 2*duration; <-tick.C {
 		m := exportertest.Scrape(t, url)
 		s := loadSample{
-			at: time.Since(start), proc: p.sample(t), goroutines: m.Value("go_goroutines"),
+			at: time.Since(start), proc: sample(t, p), goroutines: m.Value("go_goroutines"),
 			polls: m.Value("tcpstate_polls_total"), tracked: m.Value("tcpstate_tracked_sockets"),
 		}
 		samples = append(samples, s)
@@ -185,7 +185,7 @@ func TestIntegrationLoad(t *testing.T) {
 	// back to the descriptors and goroutines it had before the load.
 	var after loadSample
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		after = loadSample{proc: p.sample(t), goroutines: exportertest.Scrape(t, url).Value("go_goroutines")}
+		after = loadSample{proc: sample(t, p), goroutines: exportertest.Scrape(t, url).Value("go_goroutines")}
 		// Fetching go_goroutines takes a connection of its own.
 		if (after.proc.FDs <= idle.proc.FDs+1 && after.goroutines <= idle.goroutines+2) || time.Now().After(deadline) {
 			break
@@ -194,4 +194,14 @@ func TestIntegrationLoad(t *testing.T) {
 	if after.proc.FDs > idle.proc.FDs+1 || after.goroutines > idle.goroutines+2 {
 		t.Errorf("after the load: %d descriptors and %v goroutines, before it %d and %v", after.proc.FDs, after.goroutines, idle.proc.FDs, idle.goroutines)
 	}
+}
+
+// sample reads the exporter's descriptors, threads and memory from /proc.
+func sample(t testing.TB, p *exportertest.Process) loadtest.ProcSample {
+	t.Helper()
+	s, err := loadtest.SampleProc(p.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

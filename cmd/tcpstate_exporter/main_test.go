@@ -216,7 +216,11 @@ func TestIntegrationSIGTERM(t *testing.T) {
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Wait(t, 5*time.Second); err != nil {
+	exited, err := p.Wait(5 * time.Second)
+	if !exited {
+		t.Fatalf("exporter still running after %v", 5*time.Second)
+	}
+	if err != nil {
 		t.Errorf("exit after SIGTERM: %v", err)
 	}
 	t.Logf("exited %v after SIGTERM", time.Since(start))

@@ -4,11 +4,9 @@ import (
 	"bufio"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -105,38 +103,13 @@ func enterFromManyThreads(path string) string {
 	return "ok"
 }
 
-var (
-	helperOnce sync.Once
-	helperPath string
-	helperErr  error
-)
-
 // helperBinary builds this package's tests without cgo, the way release
 // binaries are built (the race detector needs cgo, and a cgo binary cannot
 // change the credentials of all its threads), into a directory anyone may
 // enter.
 func helperBinary(t testing.TB) string {
 	t.Helper()
-	helperOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "tcpstate-exporter-nocgo-")
-		if err == nil {
-			err = os.Chmod(dir, 0o755)
-		}
-		if err != nil {
-			helperErr = err
-			return
-		}
-		helperPath = filepath.Join(dir, "tcpstate_exporter.test")
-		cmd := exec.Command("go", "test", "-c", "-o", helperPath, ".")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			helperErr = fmt.Errorf("go test -c without cgo: %v\n%s", err, out)
-		}
-	})
-	if helperErr != nil {
-		t.Fatal(helperErr)
-	}
-	return helperPath
+	return exportertest.Build(t, "tcpstate_exporter.test", []string{"CGO_ENABLED=0"}, "test", "-c", "./cmd/tcpstate_exporter")
 }
 
 // threadCaps reads the capability sets and no_new_privs of every thread
@@ -224,68 +197,15 @@ func TestIntegrationDropPrivileges(t *testing.T) {
 // it to enter a namespace.
 func startHelper(t *testing.T, bin, mode string, wrapper []string) (int, func(path string) string) {
 	t.Helper()
-	argv := append(wrapper, bin, "-test.run=^TestHelperProcess$")
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
+	h := startChild(t, "helper "+mode, []string{helperEnv + "=" + mode}, append(wrapper, bin, "-test.run=^TestHelperProcess$")...)
+	if l := h.await(t, ""); l != "ready" {
+		t.Fatalf("helper %s: %q\n%s", mode, l, h.log())
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr lockedBuffer
-	cmd.Stderr = writerFunc(stderr.WriteString)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stdin.Close()
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("helper %s: %v\n%s", mode, err, stderr.String())
-			}
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			t.Errorf("helper %s did not exit", mode)
-		}
-	})
-	lines := bufio.NewScanner(stdout)
-	readLine := func() string {
-		got := make(chan string, 1)
-		go func() {
-			if lines.Scan() {
-				got <- lines.Text()
-			} else {
-				got <- "EOF"
-			}
-		}()
-		select {
-		case l := <-got:
-			return l
-		case <-time.After(20 * time.Second):
-			t.Fatalf("helper %s silent for 20 s\n%s", mode, stderr.String())
-			return ""
-		}
-	}
-	if l := readLine(); l != "ready" {
-		t.Fatalf("helper %s: %q\n%s", mode, l, stderr.String())
-	}
-	return cmd.Process.Pid, func(path string) string {
-		if _, err := io.WriteString(stdin, "enter "+path+"\n"); err != nil {
-			t.Fatal(err)
-		}
-		return readLine()
+	return h.pid, func(path string) string {
+		h.send(t, "enter "+path)
+		return h.await(t, "")
 	}
 }
-
-type writerFunc func(string)
-
-func (w writerFunc) Write(p []byte) (int, error) { w(string(p)); return len(p), nil }
 
 // TestIntegrationPrivilegesDroppedAfterStartup runs the exporter, built as
 // releases are, as root with every capability, and reads what it holds
@@ -298,20 +218,23 @@ func (w writerFunc) Write(p []byte) (int, error) { w(string(p)); return len(p), 
 func TestIntegrationPrivilegesDroppedAfterStartup(t *testing.T) {
 	name, path := netnstest.New(t)
 	bin := helperBinary(t)
-	serve := func(args ...string) *proc {
-		return startProc(t, []string{helperEnv + "=serve"}, append([]string{bin, "-test.run=^TestHelperProcess$", "--"}, args...)...)
+	serve := func(args ...string) *exportertest.Process {
+		return exportertest.StartWith(t, exportertest.Options{
+			Command: []string{bin, "-test.run=^TestHelperProcess$", "--"},
+			Env:     []string{helperEnv + "=serve"},
+		}, args...)
 	}
 
 	p := serve("--netns="+name, "--poll.interval=100ms")
-	exportertest.Scrape(t, metricsURL(p))
+	exportertest.Scrape(t, p.URL+"/metrics")
 	want := mask(unix.CAP_DAC_READ_SEARCH, unix.CAP_SYS_PTRACE, unix.CAP_SYS_ADMIN)
-	got := capsOfAllThreads(t, p.PID)
+	got := capsOfAllThreads(t, p.PID())
 	if got != (threadCaps{Eff: want, Prm: want, Inh: mask(), Bnd: want, Amb: mask(), NoNewPrivs: "1"}) {
 		t.Errorf("serving --netns: %+v, want CapEff=CapPrm=CapBnd=%s and NoNewPrivs 1", got, want)
 	}
 	recreateNamespace(t, name, path)
 	listener := listenIn(t, path)
-	if _, ok := eventually(t, metricsURL(p), 10*time.Second, func(m exportertest.Metrics) bool {
+	if _, ok := eventually(t, p.URL+"/metrics", 10*time.Second, func(m exportertest.Metrics) bool {
 		return m.Value("tcpstate_sockets", "family=ipv4", "state=LISTEN") == 1
 	}); !ok {
 		t.Errorf("after its namespace was made anew, the exporter did not follow it\n%s", p.Log())
@@ -320,9 +243,9 @@ func TestIntegrationPrivilegesDroppedAfterStartup(t *testing.T) {
 	p.Stop(t)
 
 	p = serve("--poll.interval=100ms")
-	exportertest.Scrape(t, metricsURL(p))
+	exportertest.Scrape(t, p.URL+"/metrics")
 	want = mask(unix.CAP_DAC_READ_SEARCH, unix.CAP_SYS_PTRACE)
-	if got := capsOfAllThreads(t, p.PID); got != (threadCaps{Eff: want, Prm: want, Inh: mask(), Bnd: want, Amb: mask(), NoNewPrivs: "1"}) {
+	if got := capsOfAllThreads(t, p.PID()); got != (threadCaps{Eff: want, Prm: want, Inh: mask(), Bnd: want, Amb: mask(), NoNewPrivs: "1"}) {
 		t.Errorf("serving its own namespace: %+v, want CapEff=CapPrm=CapBnd=%s and NoNewPrivs 1", got, want)
 	}
 }
@@ -341,8 +264,8 @@ func TestIntegrationCgoBuildWarnsCapabilitiesKept(t *testing.T) {
 	if !strings.Contains(string(out), "CGO_ENABLED=1") {
 		t.Skip("the test binary is built without cgo; TestIntegrationPrivilegesDroppedAfterStartup covers it")
 	}
-	p := startProc(t, nil, exportertest.Binary(t), "--poll.interval=100ms")
-	exportertest.Scrape(t, metricsURL(p))
+	p := exportertest.Start(t, "--poll.interval=100ms")
+	exportertest.Scrape(t, p.URL+"/metrics")
 	if !strings.Contains(p.Log(), "capabilities not dropped") {
 		t.Errorf("no warning that capabilities were kept:\n%s", p.Log())
 	}
@@ -350,7 +273,7 @@ func TestIntegrationCgoBuildWarnsCapabilitiesKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := capsOfAllThreads(t, p.PID); got.NoNewPrivs != "0" || got.Eff != ours["CapEff"] || got.Bnd != ours["CapBnd"] {
+	if got := capsOfAllThreads(t, p.PID()); got.NoNewPrivs != "0" || got.Eff != ours["CapEff"] || got.Bnd != ours["CapBnd"] {
 		t.Errorf("a cgo build changed some credentials: %+v, started with CapEff %s CapBnd %s", got, ours["CapEff"], ours["CapBnd"])
 	}
 }

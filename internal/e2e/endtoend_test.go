@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -26,6 +25,7 @@ import (
 	gocmp "github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 )
 
@@ -64,21 +64,18 @@ func TestIntegrationPrometheusEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
 	defer cancel()
 
-	bin := buildExporter(t)
 	nsName, nsPath := netnstest.New(t)
 
 	// Attribution every second, of the default --attribution.states
 	// (CLOSE_WAIT).
-	exporterAddr := freeAddr(t)
-	startExporter(t, ctx, bin, exporterAddr,
+	exporterAddr := startExporter(t, ctx,
 		"--netns="+nsName,
 		"--poll.interval=1s",
 		"--attribution.interval=1s",
 	)
-	allAddr := freeAddr(t)
 	// The second sees the host's other namespaces too, whose ports could
 	// push the test's out of the top --port.top.
-	startExporter(t, ctx, bin, allAddr,
+	allAddr := startExporter(t, ctx,
 		"--netns=all",
 		"--poll.interval=1s",
 		"--port.top=10000",
@@ -283,17 +280,18 @@ scrape_configs:
 	}
 }
 
-// startExporter starts the exporter and waits for its first poll.
-func startExporter(t *testing.T, ctx context.Context, bin, addr string, args ...string) {
+// startExporter starts the exporter, waits for its first poll, and returns
+// the address it listens on.
+func startExporter(t *testing.T, ctx context.Context, args ...string) string {
 	t.Helper()
-	startProcess(t, "exporter", bin, append(args, "--web.listen-address="+addr)...)
+	p := exportertest.Start(t, args...)
 	waitFor(t, ctx, "the first poll of the exporter "+strings.Join(args, " "), func() error {
-		v, err := scrapeValue("http://"+addr+"/metrics", "tcpstate_last_poll_timestamp_seconds")
-		if err == nil && v <= 0 {
-			err = errors.New("tcpstate_last_poll_timestamp_seconds is 0")
+		if v := exportertest.Scrape(t, p.URL+"/metrics").Value("tcpstate_last_poll_timestamp_seconds"); v <= 0 {
+			return fmt.Errorf("tcpstate_last_poll_timestamp_seconds is %v", v)
 		}
-		return err
+		return nil
 	})
+	return p.Addr
 }
 
 // processName returns this process's name as the kernel has it (comm), the
@@ -481,19 +479,6 @@ func fillAcceptQueue(t *testing.T, nsPath string) int {
 	return port
 }
 
-// buildExporter builds the exporter into a temporary directory.
-func buildExporter(t *testing.T) string {
-	t.Helper()
-	goTool := requireTool(t, "go", "the Go toolchain")
-	bin := filepath.Join(t.TempDir(), "tcpstate_exporter")
-	start := time.Now()
-	if out, err := run(repoRoot(t), goTool, "build", "-o", bin, "./cmd/tcpstate_exporter"); err != nil {
-		t.Fatalf("go build ./cmd/tcpstate_exporter: %v\n%s", err, out)
-	}
-	t.Logf("built the exporter in %v", time.Since(start).Round(time.Millisecond))
-	return bin
-}
-
 // freeAddr returns a loopback address with a port free a moment ago.
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -509,9 +494,13 @@ func freeAddr(t *testing.T) string {
 // output if the test failed.
 func startProcess(t *testing.T, name, path string, args ...string) {
 	t.Helper()
-	var out syncBuffer
+	out, err := os.Create(filepath.Join(t.TempDir(), "output"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
 	cmd := exec.Command(path, args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -526,7 +515,8 @@ func startProcess(t *testing.T, name, path string, args ...string) {
 			<-exited
 		}
 		if t.Failed() {
-			t.Logf("%s %s output:\n%s", name, strings.Join(args, " "), out.String())
+			b, _ := os.ReadFile(out.Name())
+			t.Logf("%s %s output:\n%s", name, strings.Join(args, " "), b)
 		}
 	})
 }
@@ -548,29 +538,6 @@ func waitFor(t *testing.T, ctx context.Context, what string, check func() error)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-}
-
-// scrapeValue returns the value of an unlabelled series from a scrape.
-func scrapeValue(url, name string) (float64, error) {
-	resp, err := http.Get(url)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("%s not in the scrape", name)
 }
 
 // listen opens a listener inside the namespace; it is closed when the test

@@ -1,22 +1,16 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/exporter-toolkit/web"
 	"go.yaml.in/yaml/v2"
+
+	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 )
 
 func TestDockerfile(t *testing.T) {
@@ -97,8 +91,8 @@ func TestWebConfigExample(t *testing.T) {
 	}
 
 	dir := t.TempDir()
+	exportertest.WriteCert(t, dir)
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	writeSelfSignedCert(t, certFile, keyFile)
 	conf := strings.NewReplacer(cfg.TLS.CertFile, certFile, cfg.TLS.KeyFile, keyFile).Replace(string(src))
 	path := filepath.Join(dir, "web-config.yml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
@@ -106,36 +100,5 @@ func TestWebConfigExample(t *testing.T) {
 	}
 	if err := web.Validate(path); err != nil {
 		t.Fatalf("web-config.yml: %v", err)
-	}
-}
-
-func writeSelfSignedCert(t testing.TB, certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		DNSNames:     []string{"localhost"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
 	}
 }

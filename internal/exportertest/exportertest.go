@@ -1,13 +1,23 @@
-// Package exportertest builds the tcpstate_exporter binary, runs it, and
-// scrapes it, for tests that exercise the real program end to end.
+// Package exportertest builds the tcpstate_exporter binary (and the other
+// programs of this module its tests run), runs it, and scrapes it, for tests
+// that exercise the real program end to end.
 package exportertest
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +26,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -25,59 +36,120 @@ import (
 	"github.com/prometheus/common/model"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
+// builds holds one *build per distinct Build call.
+var builds sync.Map
+
+type build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Build builds a program of this module once per test process and returns
+// its path. It runs `go args[0] -o PATH args[1:]...` from the module's root
+// with env added to the environment, for instance ("build",
+// "./internal/sockholder") or ("test", "-c", "./cmd/tcpstate_exporter"). The
+// program, named name, lands in a directory every user may enter, so that
+// tests can also run it as an unprivileged user.
+func Build(t testing.TB, name string, env []string, args ...string) string {
+	t.Helper()
+	key := strings.Join(append(append([]string{name}, env...), args...), "\x00")
+	v, _ := builds.LoadOrStore(key, new(build))
+	b := v.(*build)
+	b.once.Do(func() { b.path, b.err = goBuild(name, env, args) })
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
+
+func goBuild(name string, env, args []string) (string, error) {
+	if len(args) == 0 {
+		return "", errors.New("exportertest.Build: no go command")
+	}
+	dir, err := os.MkdirTemp("", name+"-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, name)
+	_, file, _, _ := runtime.Caller(0)
+	cmd := exec.Command("go", append([]string{args[0], "-o", path}, args[1:]...)...)
+	cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return path, nil
+}
 
 // Binary builds ./cmd/tcpstate_exporter once per test process, with the race
 // detector when the tests run with it, and returns its path.
 func Binary(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "tcpstate-exporter-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "tcpstate_exporter")
-		_, file, _, _ := runtime.Caller(0)
-		root := filepath.Join(filepath.Dir(file), "..", "..")
-		args := []string{"build", "-o", binPath}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command("go", append(args, "./cmd/tcpstate_exporter")...)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	args := []string{"build"}
+	if raceEnabled {
+		args = append(args, "-race")
 	}
-	return binPath
+	return Build(t, "tcpstate_exporter", nil, append(args, "./cmd/tcpstate_exporter")...)
+}
+
+// Options say how StartWith and RunWith run the exporter.
+type Options struct {
+	// Command is the exporter and whatever comes before its flags: Binary
+	// when empty, or for instance a test binary that serves as the exporter
+	// and the arguments that make it do so.
+	Command []string
+	// Wrapper is a command prefix that runs Command, such as
+	// `ip netns exec NS` or `setpriv ...`. It must exec Command in place, so
+	// that the process started is the exporter and PID is its own.
+	Wrapper []string
+	// Env is added to the exporter's environment.
+	Env []string
+}
+
+// command returns the command that runs the exporter with args.
+func (o Options) command(t testing.TB, ctx context.Context, args []string) *exec.Cmd {
+	t.Helper()
+	exe := o.Command
+	if len(exe) == 0 {
+		exe = []string{Binary(t)}
+	}
+	argv := append(append(append([]string{}, o.Wrapper...), exe...), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	// A race build otherwise sleeps a second at exit.
+	cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), o.Env...)
+	return cmd
 }
 
 // Process is a running exporter.
 type Process struct {
-	URL    string // base URL, such as http://127.0.0.1:41234
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	done   chan struct{}
-	err    error
+	Addr string // host:port it listens on, such as 127.0.0.1:41234
+	URL  string // base URL, such as http://127.0.0.1:41234
+
+	cmd       *exec.Cmd
+	stderr    *syncBuffer
+	done      chan struct{}
+	err       error
+	signalled atomic.Bool
 }
 
 var listening = regexp.MustCompile(`msg="?Listening on"? .*address=\[?([0-9.:a-f\]]+)`)
 
-// Start runs the exporter with args plus a loopback listen address on a
-// free port, waits until it serves, and stops it when the test ends.
+// Start runs the exporter with a loopback listen address on a free port and
+// args, waits until it serves, and stops it when the test ends.
 func Start(t testing.TB, args ...string) *Process {
 	t.Helper()
-	cmd := exec.Command(Binary(t), append([]string{"--web.listen-address=127.0.0.1:0", "--log.format=logfmt"}, args...)...)
-	// A race build otherwise sleeps a second at exit.
-	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	return StartWith(t, Options{}, args...)
+}
+
+// StartWith is Start with the exporter run as opts say. When the test ends
+// it also fails the test if the exporter exited by itself, unsignalled.
+func StartWith(t testing.TB, opts Options, args ...string) *Process {
+	t.Helper()
+	cmd := opts.command(t, context.Background(), append([]string{"--web.listen-address=127.0.0.1:0", "--log.format=logfmt"}, args...))
 	p := &Process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw
@@ -102,20 +174,30 @@ func Start(t testing.TB, args ...string) *Process {
 				}
 			}
 		}
+		// Never leave the exporter blocked on a full pipe.
+		_, _ = io.Copy(io.Discard, pr)
 	}()
 	t.Cleanup(func() {
-		p.Stop(t)
+		select {
+		case <-p.done:
+			if !p.signalled.Load() {
+				t.Errorf("exporter exited during the test: %v", p.err)
+			}
+		default:
+			p.Stop(t)
+		}
 		if t.Failed() {
 			t.Logf("exporter log:\n%s", p.Log())
 		}
 	})
 	select {
 	case a := <-addr:
+		p.Addr = a
 		p.URL = "http://" + a
 	case <-p.done:
 		t.Fatalf("exporter exited before listening: %v\n%s", p.err, p.Log())
-	case <-time.After(15 * time.Second):
-		t.Fatalf("exporter did not listen within 15 s\n%s", p.Log())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("exporter did not listen within 20 s\n%s", p.Log())
 	}
 	return p
 }
@@ -127,18 +209,19 @@ func (p *Process) PID() int { return p.cmd.Process.Pid }
 func (p *Process) Log() string { return p.stderr.String() }
 
 // Signal sends sig to the exporter.
-func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+func (p *Process) Signal(sig os.Signal) error {
+	p.signalled.Store(true)
+	return p.cmd.Process.Signal(sig)
+}
 
-// Wait waits up to d for the exporter to exit and returns its exit error
-// (nil for status 0); it fails the test on timeout.
-func (p *Process) Wait(t testing.TB, d time.Duration) error {
-	t.Helper()
+// Wait waits up to d for the exporter to exit, and says whether it did and
+// its exit error (nil for status 0).
+func (p *Process) Wait(d time.Duration) (exited bool, err error) {
 	select {
 	case <-p.done:
-		return p.err
+		return true, p.err
 	case <-time.After(d):
-		t.Fatalf("exporter still running after %v", d)
-		return nil
+		return false, nil
 	}
 }
 
@@ -149,10 +232,8 @@ func (p *Process) Stop(t testing.TB) {
 		return
 	default:
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
+	_ = p.Signal(syscall.SIGTERM)
+	if exited, _ := p.Wait(10 * time.Second); !exited {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 		t.Errorf("exporter ignored SIGTERM for 10 s")
@@ -163,16 +244,23 @@ func (p *Process) Stop(t testing.TB) {
 // returns its exit code and stderr.
 func Run(t testing.TB, args ...string) (int, string) {
 	t.Helper()
+	return RunWith(t, Options{}, args...)
+}
+
+// RunWith is Run with the exporter run as opts say.
+func RunWith(t testing.TB, opts Options, args ...string) (int, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, Binary(t), args...)
+	cmd := opts.command(t, ctx, args)
 	cmd.Stderr = &stderr
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		t.Fatalf("exporter %v did not exit within 20 s\n%s", args, stderr.String())
+		t.Fatalf("exporter %v did not exit within 20 s\n%s", cmd.Args, stderr.String())
 	}
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
 		return ee.ExitCode(), stderr.String()
 	}
 	if err != nil {
@@ -181,13 +269,62 @@ func Run(t testing.TB, args ...string) (int, string) {
 	return 0, stderr.String()
 }
 
+// WriteCert writes a self-signed certificate for 127.0.0.1 and localhost,
+// and its key, into dir as tls.crt and tls.key, and returns the
+// certificate.
+func WriteCert(t testing.TB, dir string) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "tcpstate_exporter test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:              []string{"localhost"},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, typ string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("tls.crt", "CERTIFICATE", der)
+	write("tls.key", "PRIVATE KEY", keyDER)
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
 // Metrics is one scrape, by metric family name.
 type Metrics map[string]*dto.MetricFamily
 
 // Fetch GETs url and returns the body; anything but 200 fails the test.
 func Fetch(t testing.TB, url string) []byte {
 	t.Helper()
-	resp, err := http.Get(url)
+	return FetchWith(t, http.DefaultClient, url)
+}
+
+// FetchWith is Fetch through client.
+func FetchWith(t testing.TB, client *http.Client, url string) []byte {
+	t.Helper()
+	resp, err := client.Get(url)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
@@ -205,8 +342,14 @@ func Fetch(t testing.TB, url string) []byte {
 // Scrape fetches and parses url (text format).
 func Scrape(t testing.TB, url string) Metrics {
 	t.Helper()
+	return ScrapeWith(t, http.DefaultClient, url)
+}
+
+// ScrapeWith is Scrape through client.
+func ScrapeWith(t testing.TB, client *http.Client, url string) Metrics {
+	t.Helper()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	mf, err := parser.TextToMetricFamilies(bytes.NewReader(Fetch(t, url)))
+	mf, err := parser.TextToMetricFamilies(bytes.NewReader(FetchWith(t, client, url)))
 	if err != nil {
 		t.Fatalf("parse scrape of %s: %v", url, err)
 	}
