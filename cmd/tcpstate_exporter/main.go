@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -40,6 +41,16 @@ const defaultListen = ":9965"
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func init() {
+	// Release builds set the version with -ldflags; anything else reports
+	// the module's version ("(devel)" from a checkout) rather than nothing.
+	if version.Version == "" {
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			version.Version = bi.Main.Version
+		}
+	}
 }
 
 type options struct {

@@ -176,17 +176,22 @@ func lastCap() int {
 	return unix.CAP_LAST_CAP
 }
 
-var capNamesByNumber = map[int]string{
-	unix.CAP_CHOWN: "cap_chown", unix.CAP_DAC_OVERRIDE: "cap_dac_override", unix.CAP_DAC_READ_SEARCH: "cap_dac_read_search",
-	unix.CAP_FOWNER: "cap_fowner", unix.CAP_FSETID: "cap_fsetid", unix.CAP_KILL: "cap_kill", unix.CAP_SETGID: "cap_setgid",
-	unix.CAP_SETUID: "cap_setuid", unix.CAP_SETPCAP: "cap_setpcap", unix.CAP_NET_BIND_SERVICE: "cap_net_bind_service",
-	unix.CAP_NET_RAW: "cap_net_raw", unix.CAP_NET_ADMIN: "cap_net_admin", unix.CAP_SYS_CHROOT: "cap_sys_chroot",
-	unix.CAP_SYS_PTRACE: "cap_sys_ptrace", unix.CAP_SYS_ADMIN: "cap_sys_admin", unix.CAP_SYS_RESOURCE: "cap_sys_resource",
+// capNamesByNumber names the capabilities of include/uapi/linux/capability.h
+// by number, for logs.
+var capNamesByNumber = [...]string{
+	"cap_chown", "cap_dac_override", "cap_dac_read_search", "cap_fowner", "cap_fsetid", "cap_kill",
+	"cap_setgid", "cap_setuid", "cap_setpcap", "cap_linux_immutable", "cap_net_bind_service",
+	"cap_net_broadcast", "cap_net_admin", "cap_net_raw", "cap_ipc_lock", "cap_ipc_owner",
+	"cap_sys_module", "cap_sys_rawio", "cap_sys_chroot", "cap_sys_ptrace", "cap_sys_pacct",
+	"cap_sys_admin", "cap_sys_boot", "cap_sys_nice", "cap_sys_resource", "cap_sys_time",
+	"cap_sys_tty_config", "cap_mknod", "cap_lease", "cap_audit_write", "cap_audit_control",
+	"cap_setfcap", "cap_mac_override", "cap_mac_admin", "cap_syslog", "cap_wake_alarm",
+	"cap_block_suspend", "cap_audit_read", "cap_perfmon", "cap_bpf", "cap_checkpoint_restore",
 }
 
 func capName(n int) string {
-	if s, ok := capNamesByNumber[n]; ok {
-		return s
+	if n >= 0 && n < len(capNamesByNumber) {
+		return capNamesByNumber[n]
 	}
 	return "cap_" + strconv.Itoa(n)
 }

@@ -277,3 +277,18 @@ func TestIntegrationCgoBuildWarnsCapabilitiesKept(t *testing.T) {
 		t.Errorf("a cgo build changed some credentials: %+v, started with CapEff %s CapBnd %s", got, ours["CapEff"], ours["CapBnd"])
 	}
 }
+
+func TestCapNames(t *testing.T) {
+	for n, want := range map[int]string{
+		unix.CAP_CHOWN: "cap_chown", unix.CAP_NET_ADMIN: "cap_net_admin", unix.CAP_SYS_PTRACE: "cap_sys_ptrace",
+		unix.CAP_SYS_ADMIN: "cap_sys_admin", unix.CAP_BPF: "cap_bpf", unix.CAP_CHECKPOINT_RESTORE: "cap_checkpoint_restore",
+		63: "cap_63",
+	} {
+		if got := capName(n); got != want {
+			t.Errorf("capName(%d) = %q, want %q", n, got, want)
+		}
+	}
+	if got := capNames(1<<unix.CAP_SYS_PTRACE | 1<<unix.CAP_DAC_READ_SEARCH); got != "cap_dac_read_search,cap_sys_ptrace" {
+		t.Errorf("capNames = %q", got)
+	}
+}
