@@ -205,3 +205,17 @@ func get(t *testing.T, url string) string {
 	}
 	return string(b)
 }
+
+func TestScrapeErrorLog(t *testing.T) {
+	var b strings.Builder
+	l := scrapeErrorLog{slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	l.Println("error encoding and sending metric family:", "write tcp: broken pipe")
+	l.Println("error gathering metrics:", "collector failed")
+	out := b.String()
+	if !strings.Contains(out, "level=DEBUG") || !strings.Contains(out, "broken pipe") {
+		t.Errorf("a scraper going away is not logged at debug:\n%s", out)
+	}
+	if !strings.Contains(out, "level=ERROR") || !strings.Contains(out, "collector failed") {
+		t.Errorf("a real error is not logged at error:\n%s", out)
+	}
+}

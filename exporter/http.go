@@ -1,9 +1,11 @@
 package exporter
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,7 +30,7 @@ func Handler(g prometheus.Gatherer, reg prometheus.Registerer, cfg HTTPConfig) (
 	}
 	mux := http.NewServeMux()
 	mux.Handle(cfg.TelemetryPath, promhttp.InstrumentMetricHandler(reg, promhttp.HandlerFor(g, promhttp.HandlerOpts{
-		ErrorLog:            slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelError),
+		ErrorLog:            scrapeErrorLog{cfg.Logger},
 		ErrorHandling:       promhttp.ContinueOnError,
 		MaxRequestsInFlight: cfg.MaxRequestsInFlight,
 		Timeout:             cfg.Timeout,
@@ -47,4 +49,23 @@ func Handler(g prometheus.Gatherer, reg prometheus.Registerer, cfg HTTPConfig) (
 		mux.Handle("/", landing)
 	}
 	return mux, nil
+}
+
+// scrapeErrorLog is promhttp's error log. A scraper that goes away mid-scrape
+// (a Prometheus restart, a timeout) makes every remaining metric family
+// fail to send: those are logged at debug, one line each, so they do not
+// drown real errors.
+type scrapeErrorLog struct{ logger *slog.Logger }
+
+// Println implements promhttp.Logger.
+func (l scrapeErrorLog) Println(v ...any) {
+	msg := strings.TrimSpace(fmt.Sprintln(v...))
+	level := slog.LevelError
+	for _, gone := range []string{"context canceled", "broken pipe", "connection reset by peer", "i/o timeout"} {
+		if strings.Contains(msg, gone) {
+			level = slog.LevelDebug
+			break
+		}
+	}
+	l.logger.Log(context.Background(), level, "serving metrics", "err", msg)
 }
