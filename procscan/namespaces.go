@@ -214,39 +214,30 @@ func (d *Discoverer) readRunNetns() error {
 		return fmt.Errorf("procscan: open %s: %w", d.runNetns, err)
 	}
 	defer closeFD(dir)
-	for {
-		n, err := readDirents(dir, d.buf)
+	err = eachDirent(dir, d.buf, func(name []byte) bool {
+		base := name[:len(name)-1]
+		if len(base) == 0 || string(base) == "." || string(base) == ".." {
+			return true
+		}
+		id, err := statAt(dir, name)
 		if err != nil {
-			return fmt.Errorf("procscan: list %s: %w", d.runNetns, err)
+			return true // deleted since listed, or a dangling link
 		}
-		if n <= 0 {
-			return nil
+		f := d.lookup(id)
+		if f.runName != "" && string(base) >= f.runName {
+			return true // bind-mounted under several names: keep the first
 		}
-		for b := d.buf[:n]; ; {
-			name, rest, ok := nextDirent(b)
-			if !ok {
-				break
-			}
-			b = rest
-			base := name[:len(name)-1]
-			if len(base) == 0 || string(base) == "." || string(base) == ".." {
-				continue
-			}
-			id, err := statAt(dir, name)
-			if err != nil {
-				continue // deleted since listed, or a dangling link
-			}
-			f := d.lookup(id)
-			if f.runName != "" && string(base) >= f.runName {
-				continue // bind-mounted under several names: keep the first
-			}
-			if f.memo != nil && f.memo.runName == string(base) {
-				f.runName = f.memo.runName // no new string for a known name
-			} else {
-				f.runName = string(base)
-			}
+		if f.memo != nil && f.memo.runName == string(base) {
+			f.runName = f.memo.runName // no new string for a known name
+		} else {
+			f.runName = string(base)
 		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("procscan: list %s: %w", d.runNetns, err)
 	}
+	return nil
 }
 
 // readProc records the namespace of every process under procRoot, and the
@@ -257,27 +248,16 @@ func (d *Discoverer) readProc() error {
 		return fmt.Errorf("procscan: open %s: %w", d.procRoot, err)
 	}
 	defer closeFD(root)
-	for {
-		n, err := readDirents(root, d.buf)
-		if err != nil {
-			return fmt.Errorf("procscan: list %s: %w", d.procRoot, err)
-		}
-		if n <= 0 {
-			return nil
-		}
-		for b := d.buf[:n]; ; {
-			name, rest, ok := nextDirent(b)
-			if !ok {
-				break
-			}
-			b = rest
-			pid, ok := parsePID(name[:len(name)-1])
-			if !ok {
-				continue
-			}
+	err = eachDirent(root, d.buf, func(name []byte) bool {
+		if pid, ok := parsePID(name[:len(name)-1]); ok {
 			d.process(root, pid)
 		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("procscan: list %s: %w", d.procRoot, err)
 	}
+	return nil
 }
 
 // process records the namespace of one process.

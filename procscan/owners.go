@@ -115,77 +115,52 @@ func (w *ownerWalk) process(pid int, st *ScanStats) {
 	defer closeFD(dir)
 	var comm string
 	haveComm := false
-	for {
-		n, err := readDirents(dir, w.buf)
-		if err != nil || n <= 0 {
-			return // the end, or the process exited under us
+	_ = eachDirent(dir, w.buf, func(name []byte) bool { // an error: the process exited under us
+		if name[0] < '0' || name[0] > '9' {
+			return true // "." and ".."
 		}
-		for b := w.buf[:n]; ; {
-			name, rest, ok := nextDirent(b)
-			if !ok {
-				break
+		st.FDs++
+		ln, err := readlinkAt(dir, name, w.link[:])
+		if err != nil {
+			if denied(err) {
+				// The directory opened but its links need ptrace
+				// access: so will every other fd here.
+				st.Denied++
+				return false
 			}
-			b = rest
-			if name[0] < '0' || name[0] > '9' {
-				continue // "." and ".."
-			}
-			st.FDs++
-			ln, err := readlinkAt(dir, name, w.link[:])
+			return true // closed since the directory was read
+		}
+		ino, ok := parseSocketLink(w.link[:ln])
+		if !ok {
+			return true
+		}
+		if _, ok := w.want[ino]; !ok {
+			return true
+		}
+		if _, ok := w.into[ino]; ok {
+			return true // a lower PID, or another fd of this one, has it
+		}
+		if !haveComm {
+			w.path = appendPIDPath(w.path[:0], pid, "/comm")
+			cn, err := readAt(w.root, w.path, w.comm[:])
 			if err != nil {
-				if denied(err) {
-					// The directory opened but its links need ptrace
-					// access: so will every other fd here.
-					st.Denied++
-					return
-				}
-				continue // closed since the directory was read
+				return false // exited: its sockets may yet be found elsewhere
 			}
-			ino, ok := parseSocketLink(w.link[:ln])
-			if !ok {
-				continue
-			}
-			if _, ok := w.want[ino]; !ok {
-				continue
-			}
-			if _, ok := w.into[ino]; ok {
-				continue // a lower PID, or another fd of this one, has it
-			}
-			if !haveComm {
-				w.path = appendPIDPath(w.path[:0], pid, "/comm")
-				cn, err := readAt(w.root, w.path, w.comm[:])
-				if err != nil {
-					return // exited: its sockets may yet be found elsewhere
-				}
-				comm, haveComm = commString(trimComm(w.comm[:cn])), true
-			}
-			w.into[ino] = Owner{PID: pid, Comm: comm}
-			if len(w.into) == len(w.want) {
-				return
-			}
+			comm, haveComm = commString(trimComm(w.comm[:cn])), true
 		}
-	}
+		w.into[ino] = Owner{PID: pid, Comm: comm}
+		return len(w.into) < len(w.want)
+	})
 }
 
 // listPIDs appends to pids the process IDs among the entries of the
 // directory root, using buf for getdents.
 func listPIDs(root int, buf []byte, pids []int) ([]int, error) {
-	for {
-		n, err := readDirents(root, buf)
-		if err != nil {
-			return pids, err
+	err := eachDirent(root, buf, func(name []byte) bool {
+		if pid, ok := parsePID(name[:len(name)-1]); ok {
+			pids = append(pids, pid)
 		}
-		if n <= 0 {
-			return pids, nil
-		}
-		for b := buf[:n]; ; {
-			name, rest, ok := nextDirent(b)
-			if !ok {
-				break
-			}
-			b = rest
-			if pid, ok := parsePID(name[:len(name)-1]); ok {
-				pids = append(pids, pid)
-			}
-		}
-	}
+		return true
+	})
+	return pids, err
 }

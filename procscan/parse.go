@@ -37,6 +37,28 @@ func nextDirent(buf []byte) (name, rest []byte, ok bool) {
 	return name[:end+1], buf[reclen:], true
 }
 
+// eachDirent reads the directory fd to its end with getdents into buf and
+// calls fn with each entry's name (NUL-terminated, "." and ".." included).
+// fn returns false to stop early. It returns getdents' error, if any.
+func eachDirent(fd int, buf []byte, fn func(name []byte) bool) error {
+	for {
+		n, err := readDirents(fd, buf)
+		if err != nil || n <= 0 {
+			return err
+		}
+		for b := buf[:n]; ; {
+			name, rest, ok := nextDirent(b)
+			if !ok {
+				break
+			}
+			b = rest
+			if !fn(name) {
+				return nil
+			}
+		}
+	}
+}
+
 // parsePID returns the process ID a /proc entry name (without its NUL)
 // spells, or false if it is not a PID (self, sys, net, ...).
 func parsePID(name []byte) (int, bool) {
