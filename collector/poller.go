@@ -214,8 +214,7 @@ func (p *Poller) newTarget(ns Namespace, d Dumper, c DumpCloser) *target {
 	t := &target{ns: ns, dumper: d, closer: c, tracker: NewTracker(p.cfg.MaxTracked, p.cfg.ObserveStay)}
 	t.last.Name = ns.Name
 	t.observe = func(s *netlinkdiag.Socket) error {
-		t.tracker.Observe(s)
-		st, ok := FromKernel(s.State)
+		st, ok := t.tracker.Observe(s)
 		if !ok {
 			return nil
 		}

@@ -109,13 +109,15 @@ type observation struct {
 // batchLen is how many observations are applied together.
 const batchLen = 32
 
-// Observe applies one socket of the dump. It never allocates once the
-// tracker has grown to the socket population.
-func (t *Tracker) Observe(s *netlinkdiag.Socket) {
+// Observe applies one socket of the dump and returns its documented state,
+// or false for a kernel state with no documented name (counted, not
+// tracked). It never allocates once the tracker has grown to the socket
+// population.
+func (t *Tracker) Observe(s *netlinkdiag.Socket) (State, bool) {
 	st, ok := FromKernel(s.State)
 	if !ok {
 		t.cur.Unknown++
-		return
+		return 0, false
 	}
 	fam := IPv4
 	if s.Family == syscall.AF_INET6 {
@@ -127,6 +129,7 @@ func (t *Tracker) Observe(s *netlinkdiag.Socket) {
 	if t.npending == batchLen {
 		t.flush()
 	}
+	return st, true
 }
 
 // flush applies the pending observations. At hundreds of thousands of
