@@ -250,6 +250,7 @@ func (p *Poller) Close() {
 		if t.closer != nil {
 			t.closer.Close()
 		}
+		t.tracker.release()
 	}
 	p.targets = nil
 }
@@ -407,6 +408,7 @@ func (p *Poller) dropVanished() {
 			if t.closer != nil {
 				t.closer.Close()
 			}
+			t.tracker.release()
 			continue
 		}
 		kept = append(kept, t)

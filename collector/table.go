@@ -1,6 +1,9 @@
 package collector
 
-import "math/bits"
+import (
+	"math/bits"
+	"unsafe"
+)
 
 // table maps socket cookies to entries: open addressing with linear
 // probing over 24-byte slots kept 40-80% full, so that a lookup is about
@@ -9,6 +12,7 @@ import "math/bits"
 // or three cache misses, per socket and poll.
 type table struct {
 	slots []slot // power-of-two length, or nil while empty
+	slab  *slab  // the mapping slots live in; nil for none or on the heap
 	shift uint   // 64 - log2(len(slots))
 	n     int    // occupied slots
 
@@ -192,10 +196,22 @@ func (t *table) shrink() {
 	}
 }
 
+// release returns the table's memory; it is left empty and usable.
+func (t *table) release() {
+	t.slab.free()
+	*t = table{}
+}
+
+// bytes is the memory the slots take, mapped or on the heap.
+func (t *table) bytes() int {
+	return len(t.slots) * int(unsafe.Sizeof(slot{}))
+}
+
 // resize rehashes into size slots, a power of two.
 func (t *table) resize(size int) {
-	old := t.slots
-	t.slots = make([]slot, size)
+	old, oldSlab := t.slots, t.slab
+	t.slots, t.slab = allocSlots(size)
+	defer oldSlab.free()
 	t.shift = uint(64 - bits.TrailingZeros(uint(size)))
 	mask := size - 1
 	for k := range old {

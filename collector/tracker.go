@@ -250,6 +250,11 @@ func (t *Tracker) Abort() PollResult {
 // indexed [from][to].
 func (t *Tracker) Transitions() [NumStates][NumStates]uint64 { return t.transitions }
 
+// release returns the memory the tracker's table holds, at once rather
+// than when the garbage collector finds the tracker gone. The tracker must
+// not be used afterwards.
+func (t *Tracker) release() { t.sockets.release() }
+
 // Len returns the number of sockets tracked.
 func (t *Tracker) Len() int {
 	t.flush()
