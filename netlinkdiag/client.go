@@ -55,6 +55,14 @@ func (c *Conn) DumpTCP(ctx context.Context, req Request, fn func(*Socket) error)
 	return c.c.dumpTCP(ctx, req, fn)
 }
 
+// Do runs fn on the calling goroutine's OS thread switched into the network
+// namespace at path (such as /run/netns/NAME or /proc/PID/ns/net), then
+// switches the thread back. Sockets fn opens belong to that namespace for
+// their whole life, whichever thread uses them later. Should the thread
+// fail to switch back, it stays locked to the goroutine, and the runtime
+// discards it when the goroutine ends.
+func Do(path string, fn func() error) error { return do(path, fn) }
+
 // nsPath turns Options.NetNS into the path of a namespace file, "" for the
 // caller's namespace.
 func nsPath(netns string) (string, error) {

@@ -175,50 +175,70 @@ func socketIn(name string, open func() (netns.NsHandle, error)) (int, nsID, erro
 		err error
 	}
 	ch := make(chan result, 1)
+	// A fresh goroutine, so that a thread that cannot be switched back is
+	// discarded when the goroutine ends, whatever the caller does next.
 	go func() {
-		// A fresh goroutine, so that a thread that cannot be switched back
-		// stays locked and the runtime discards it when the goroutine ends,
-		// whatever the caller's goroutine does next.
-		runtime.LockOSThread()
 		var r result
-		var restored bool
-		r.fd, r.id, restored, r.err = openIn(name, open)
+		r.fd, r.id, r.err = openIn(name, open)
 		ch <- r
-		if restored {
-			runtime.UnlockOSThread()
-		}
 	}()
 	r := <-ch
 	return r.fd, r.id, r.err
 }
 
-// openIn switches the locked calling thread into the namespace, creates the
-// socket there and switches back. restored reports whether the thread is
-// in its own namespace again.
-func openIn(name string, open func() (netns.NsHandle, error)) (fd int, id nsID, restored bool, err error) {
+// openIn creates the socket on the calling goroutine's thread switched into
+// the namespace.
+func openIn(name string, open func() (netns.NsHandle, error)) (int, nsID, error) {
 	target, err := open()
 	if err != nil {
-		return -1, nsID{}, true, fmt.Errorf("netlinkdiag: open network namespace %s: %w", name, err)
+		return -1, nsID{}, fmt.Errorf("netlinkdiag: open network namespace %s: %w", name, err)
 	}
 	defer target.Close()
-	if id, err = identify(target); err != nil {
-		return -1, nsID{}, true, fmt.Errorf("netlinkdiag: stat network namespace %s: %w", name, err)
+	id, err := identify(target)
+	if err != nil {
+		return -1, nsID{}, fmt.Errorf("netlinkdiag: stat network namespace %s: %w", name, err)
 	}
+	fd := -1
+	if err := doIn(name, target, func() (err error) {
+		fd, err = newSocket()
+		return err
+	}); err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return -1, nsID{}, err
+	}
+	return fd, id, nil
+}
+
+func do(path string, fn func() error) error {
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("netlinkdiag: open network namespace %s: %w", path, err)
+	}
+	defer target.Close()
+	return doIn(path, target, fn)
+}
+
+// doIn is Do for a namespace already open; name names it in errors.
+func doIn(name string, target netns.NsHandle, fn func() error) error {
+	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
-		return -1, nsID{}, true, fmt.Errorf("netlinkdiag: open own network namespace: %w", err)
+		runtime.UnlockOSThread()
+		return fmt.Errorf("netlinkdiag: open own network namespace: %w", err)
 	}
 	defer orig.Close()
 	if err := netns.Set(target); err != nil {
-		return -1, nsID{}, true, fmt.Errorf("netlinkdiag: enter network namespace %s: %w", name, err)
+		runtime.UnlockOSThread()
+		return fmt.Errorf("netlinkdiag: enter network namespace %s: %w", name, err)
 	}
-	fd, err = newSocket()
-	if serr := netns.Set(orig); serr != nil {
-		// The socket, if any, is fine: it belongs to the target namespace
-		// for good. Only this thread is lost.
-		return fd, id, false, err
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		return fmt.Errorf("netlinkdiag: restore network namespace: %w", err) // the thread stays locked
 	}
-	return fd, id, true, err
+	runtime.UnlockOSThread()
+	return ferr
 }
 
 func newSocket() (int, error) {

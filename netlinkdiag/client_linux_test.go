@@ -128,7 +128,7 @@ func newWorld(t *testing.T) *world {
 	keep := func(c interface{ Close() error }) { closers = append(closers, c.Close) }
 	keepFD := func(fd int) { closers = append(closers, func() error { return unix.Close(fd) }) }
 
-	err := netnstest.Do(w.path, func() error {
+	err := Do(w.path, func() error {
 		ln4, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port4))
 		if err != nil {
 			return err
@@ -679,7 +679,7 @@ func TestIntegrationNamespaceReplaced(t *testing.T) {
 	_, pathA := netnstest.New(t)
 	_, pathB := netnstest.New(t)
 	var inB fdInfo
-	if err := netnstest.Do(pathB, func() error {
+	if err := Do(pathB, func() error {
 		fd, err := rawListen(unix.AF_INET, 9000, 1)
 		if err != nil {
 			return err
@@ -714,7 +714,7 @@ func TestIntegrationCallerNamespace(t *testing.T) {
 	_, path := netnstest.New(t)
 	var c *Conn
 	var ln fdInfo
-	if err := netnstest.Do(path, func() error {
+	if err := Do(path, func() error {
 		fd, err := rawListen(unix.AF_INET6, 9001, 1)
 		if err != nil {
 			return err
@@ -747,7 +747,7 @@ func TestIntegrationCallerNamespace(t *testing.T) {
 // namespace at path, and returns every descriptor (listeners first).
 func pairs(path string, n int) ([]int, error) {
 	var fds []int
-	err := netnstest.Do(path, func() error {
+	err := Do(path, func() error {
 		var lns, ports [2]int
 		for i, family := range []int{unix.AF_INET, unix.AF_INET6} {
 			fd, err := rawListen(family, 0, 4096)

@@ -21,3 +21,5 @@ func (*conn) close() error { return errUnsupported }
 func (*conn) dumpTCP(context.Context, Request, func(*Socket) error) error {
 	return errUnsupported
 }
+
+func do(string, func() error) error { return errUnsupported }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
 // namespace is a network namespace the benchmark created, with one OS
@@ -92,33 +94,6 @@ func (n *namespace) start(cmd *exec.Cmd) error {
 	return <-errc
 }
 
-// do runs fn on an OS thread switched into the namespace, then switches
-// the thread back. Sockets fn opens belong to the namespace for life.
-func (n *namespace) do(fn func() error) error {
-	target, err := netns.GetFromPath(n.path)
-	if err != nil {
-		return fmt.Errorf("open network namespace %s: %w", n.name, err)
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter network namespace %s: %w", n.name, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return fmt.Errorf("restore network namespace: %w", err) // the thread stays locked and dies
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
-
 // enter locks the calling goroutine to its thread and moves the thread into
 // the namespace for good: the goroutine must end without unlocking, which
 // makes the runtime discard the thread.
@@ -138,7 +113,7 @@ func (n *namespace) enter() error {
 // dial connects to addr from inside the namespace, with TCP keepalive off.
 func (n *namespace) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	var c net.Conn
-	err := n.do(func() error {
+	err := netlinkdiag.Do(n.path, func() error {
 		var err error
 		c, err = (&net.Dialer{KeepAlive: -1}).DialContext(ctx, network, addr)
 		return err

@@ -24,6 +24,7 @@ import (
 	"github.com/tcpstate/tcpstate_exporter/internal/loadtest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 	"github.com/tcpstate/tcpstate_exporter/internal/statezoo"
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
 // clientIn returns an HTTP client whose connections are made inside the
@@ -32,7 +33,7 @@ import (
 func clientIn(path string) *http.Client {
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
-		err := netnstest.Do(path, func() (err error) {
+		err := netlinkdiag.Do(path, func() (err error) {
 			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 			return err
 		})
@@ -124,7 +125,7 @@ func TestIntegrationPermissionDeniedAtStartup(t *testing.T) {
 func listenIn(t *testing.T, path string) int {
 	t.Helper()
 	var fd int
-	if err := netnstest.Do(path, func() (err error) {
+	if err := netlinkdiag.Do(path, func() (err error) {
 		fd, _, err = statezoo.Listen(unix.AF_INET, 8)
 		return err
 	}); err != nil {

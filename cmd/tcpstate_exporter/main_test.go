@@ -16,6 +16,7 @@ import (
 	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 	"github.com/tcpstate/tcpstate_exporter/internal/statezoo"
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
 var stateNames = []string{"CLOSED", "LISTEN", "SYN_RCVD", "SYN_SEND", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT", "CLOSING", "CLOSE_WAIT", "LAST_ACK"}
@@ -90,7 +91,7 @@ func TestIntegrationEveryStateCounted(t *testing.T) {
 // client and the accepted server socket.
 func pair(t *testing.T, path string) (client, server int) {
 	t.Helper()
-	err := netnstest.Do(path, func() error {
+	err := netlinkdiag.Do(path, func() error {
 		lfd, port, err := statezoo.Listen(unix.AF_INET, 8)
 		if err != nil {
 			return err

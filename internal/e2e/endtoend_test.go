@@ -27,6 +27,7 @@ import (
 
 	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
 const (
@@ -448,7 +449,7 @@ func fillAcceptQueue(t *testing.T, nsPath string) int {
 			syscall.Close(fd)
 		}
 	})
-	err := netnstest.Do(nsPath, func() error {
+	err := netlinkdiag.Do(nsPath, func() error {
 		var err error
 		if fd, err = syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0); err != nil {
 			return err
@@ -545,7 +546,7 @@ func waitFor(t *testing.T, ctx context.Context, what string, check func() error)
 func listen(t *testing.T, nsPath string) net.Listener {
 	t.Helper()
 	var ln net.Listener
-	err := netnstest.Do(nsPath, func() error {
+	err := netlinkdiag.Do(nsPath, func() error {
 		var err error
 		ln, err = net.Listen("tcp", "127.0.0.1:0")
 		return err
@@ -561,7 +562,7 @@ func listen(t *testing.T, nsPath string) net.Listener {
 // both ends of each.
 func connect(t *testing.T, nsPath string, ln net.Listener, n int) (clients, servers []net.Conn) {
 	t.Helper()
-	err := netnstest.Do(nsPath, func() error {
+	err := netlinkdiag.Do(nsPath, func() error {
 		for range n {
 			c, err := net.Dial("tcp", ln.Addr().String())
 			if err != nil {

@@ -11,7 +11,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
 // ChurnOptions says how hard a Churn works.
@@ -76,7 +76,7 @@ func StartChurn(nsPath string, opts ChurnOptions) (*Churn, error) {
 	}
 	c := &Churn{opts: opts}
 	ports := make([]uint16, opts.Workers)
-	err = netnstest.Do(nsPath, func() error {
+	err = netlinkdiag.Do(nsPath, func() error {
 		for i := range opts.Workers {
 			fd, port, err := listen(family(i))
 			if err != nil {

@@ -5,7 +5,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
 // Population is a standing set of established loopback connections in one
@@ -21,7 +21,7 @@ type Population struct {
 // Mind RLIMIT_NOFILE: the test process must be allowed that many.
 func NewPopulation(nsPath string, n int) (*Population, error) {
 	p := &Population{}
-	err := netnstest.Do(nsPath, func() error {
+	err := netlinkdiag.Do(nsPath, func() error {
 		var lns [2]int
 		var ports [2]uint16
 		for i := range lns {

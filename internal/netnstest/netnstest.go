@@ -1,5 +1,6 @@
 // Package netnstest creates throw-away network namespaces for integration
-// tests and runs code inside them. It is for tests only and needs root.
+// tests (netlinkdiag.Do runs code inside them). It is for tests only and
+// needs root.
 package netnstest
 
 import (
@@ -89,34 +90,6 @@ func loopbackUp() error {
 		return fmt.Errorf("set lo up: %w", err)
 	}
 	return nil
-}
-
-// Do runs fn on an OS thread switched into the namespace at path, then
-// switches the thread back. Sockets fn opens belong to that namespace for
-// their whole life, whichever thread uses them later.
-func Do(path string, fn func() error) error {
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("open network namespace %s: %w", path, err)
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter network namespace %s: %w", path, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return fmt.Errorf("restore namespace: %w", err) // thread stays locked and dies
-	}
-	runtime.UnlockOSThread()
-	return ferr
 }
 
 // Exec returns the argument list that runs argv inside the named namespace

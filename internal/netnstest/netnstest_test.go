@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
 func TestIntegrationNewAndDo(t *testing.T) {
@@ -13,7 +15,7 @@ func TestIntegrationNewAndDo(t *testing.T) {
 	if err := unix.Stat("/proc/thread-self/ns/net", &own); err != nil {
 		t.Fatal(err)
 	}
-	if err := Do(path, func() error { return unix.Stat("/proc/thread-self/ns/net", &inside) }); err != nil {
+	if err := netlinkdiag.Do(path, func() error { return unix.Stat("/proc/thread-self/ns/net", &inside) }); err != nil {
 		t.Fatal(err)
 	}
 	if own.Ino == inside.Ino {

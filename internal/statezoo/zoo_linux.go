@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
 // The documented TCP state names.
@@ -181,7 +181,7 @@ func Build(nsPath string, opts Options) (*Zoo, error) {
 		}
 	}
 	deadline := time.Now().Add(settleTimeout)
-	err = netnstest.Do(nsPath, func() error {
+	err = netlinkdiag.Do(nsPath, func() error {
 		for _, f := range fams {
 			b := &builder{z: z, fam: f, deadline: deadline}
 			for _, r := range recipes {

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
 // ssStates maps the state names ss prints to the documented ones.
@@ -223,7 +224,7 @@ func TestIntegrationHelpers(t *testing.T) {
 	_, path := netnstest.New(t)
 	for _, af := range []int{unix.AF_INET, unix.AF_INET6} {
 		var lfd, c, s int
-		err := netnstest.Do(path, func() error {
+		err := netlinkdiag.Do(path, func() error {
 			var port uint16
 			var err error
 			if lfd, port, err = Listen(af, 1); err != nil {
