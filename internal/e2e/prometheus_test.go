@@ -51,23 +51,15 @@ func shippedRules(t testing.TB) ruleFile {
 	return loadRules(t, deployPath(t, "prometheus", "rules.yml"))
 }
 
-func (rf ruleFile) alerts() []rule {
-	var out []rule
-	for _, g := range rf.Groups {
-		for _, r := range g.Rules {
-			if r.Alert != "" {
-				out = append(out, r)
-			}
-		}
-	}
-	return out
-}
+func (rf ruleFile) alerts() []rule  { return rf.where(func(r rule) bool { return r.Alert != "" }) }
+func (rf ruleFile) records() []rule { return rf.where(func(r rule) bool { return r.Record != "" }) }
 
-func (rf ruleFile) records() []rule {
+// where returns the rules of every group that keep accepts.
+func (rf ruleFile) where(keep func(rule) bool) []rule {
 	var out []rule
 	for _, g := range rf.Groups {
 		for _, r := range g.Rules {
-			if r.Record != "" {
+			if keep(r) {
 				out = append(out, r)
 			}
 		}
