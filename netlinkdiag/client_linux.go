@@ -129,7 +129,16 @@ func (c *conn) open() error {
 // and records which namespace that is.
 func (c *conn) socket() (int, error) {
 	if c.path != "" {
-		fd, id, err := socketIn(c.path, func() (netns.NsHandle, error) { return netns.GetFromPath(c.path) })
+		target, err := openNS(c.path)
+		if err != nil {
+			return -1, err
+		}
+		defer target.Close()
+		id, err := identify(target)
+		if err != nil {
+			return -1, fmt.Errorf("netlinkdiag: stat network namespace %s: %w", c.path, err)
+		}
+		fd, err := socketIn(c.path, target)
 		if err != nil {
 			return -1, err
 		}
@@ -158,87 +167,110 @@ func (c *conn) socket() (int, error) {
 	if id == c.ns {
 		return newSocket()
 	}
-	fd, _, err := socketIn("of the dialling thread", func() (netns.NsHandle, error) {
-		dup, err := unix.FcntlInt(uintptr(c.self), unix.F_DUPFD_CLOEXEC, 0)
-		return netns.NsHandle(dup), err
+	return socketIn("of the dialling thread", c.self)
+}
+
+// socketIn creates a non-blocking NETLINK_SOCK_DIAG socket in the namespace
+// target; name names it in errors.
+func socketIn(name string, target netns.NsHandle) (int, error) {
+	fd := -1
+	err := doIn(name, target, func() (err error) {
+		fd, err = newSocket()
+		return err
 	})
 	return fd, err
 }
 
-// socketIn creates a non-blocking NETLINK_SOCK_DIAG socket in the namespace
-// that open returns a handle to, which it closes, and returns the socket
-// with the namespace's identity. name names the namespace in errors.
-func socketIn(name string, open func() (netns.NsHandle, error)) (int, nsID, error) {
-	type result struct {
-		fd  int
-		id  nsID
-		err error
+// openNS opens the namespace file at path. A path that names nothing is
+// ErrNamespaceGone.
+func openNS(path string) (netns.NsHandle, error) {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return netns.None(), namespaceGone(path, err)
+		}
+		return netns.None(), fmt.Errorf("netlinkdiag: open network namespace %s: %w", path, err)
 	}
-	ch := make(chan result, 1)
-	// A fresh goroutine, so that a thread that cannot be switched back is
-	// discarded when the goroutine ends, whatever the caller does next.
-	go func() {
-		var r result
-		r.fd, r.id, r.err = openIn(name, open)
-		ch <- r
-	}()
-	r := <-ch
-	return r.fd, r.id, r.err
+	return h, nil
 }
 
-// openIn creates the socket on the calling goroutine's thread switched into
-// the namespace.
-func openIn(name string, open func() (netns.NsHandle, error)) (int, nsID, error) {
-	target, err := open()
-	if err != nil {
-		return -1, nsID{}, fmt.Errorf("netlinkdiag: open network namespace %s: %w", name, err)
-	}
-	defer target.Close()
-	id, err := identify(target)
-	if err != nil {
-		return -1, nsID{}, fmt.Errorf("netlinkdiag: stat network namespace %s: %w", name, err)
-	}
-	fd := -1
-	if err := doIn(name, target, func() (err error) {
-		fd, err = newSocket()
-		return err
-	}); err != nil {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
-		return -1, nsID{}, err
-	}
-	return fd, id, nil
+// namespaceGone is the error for a namespace path that names nothing: err,
+// the file-not-found error, is wrapped as well.
+func namespaceGone(path string, err error) error {
+	return fmt.Errorf("%w: %s: %w", ErrNamespaceGone, path, err)
 }
 
 func do(path string, fn func() error) error {
-	target, err := netns.GetFromPath(path)
+	target, err := openNS(path)
 	if err != nil {
-		return fmt.Errorf("netlinkdiag: open network namespace %s: %w", path, err)
+		return err
 	}
 	defer target.Close()
 	return doIn(path, target, fn)
 }
 
 // doIn is Do for a namespace already open; name names it in errors.
+//
+// fn runs on a fresh goroutine, locked to its thread for as long as that
+// thread is out of its own namespace: a thread that cannot be switched back
+// stays locked, and the runtime discards it when the goroutine ends. The
+// caller's goroutine and thread are never touched.
 func doIn(name string, target netns.NsHandle, fn func() error) error {
+	type result struct {
+		err      error
+		panicked any  // what fn panicked with, if it did
+		returned bool // false if fn called runtime.Goexit
+	}
+	ch := make(chan result, 1)
+	go func() {
+		var r result
+		defer func() { ch <- r }() // runs after a runtime.Goexit in fn too
+		r.panicked, r.err = runIn(name, target, fn)
+		r.returned = true
+	}()
+	r := <-ch
+	switch {
+	case !r.returned:
+		runtime.Goexit()
+	case r.panicked != nil:
+		panic(r.panicked)
+	}
+	return r.err
+}
+
+// runIn runs fn on the calling goroutine's thread switched into target,
+// then switches the thread back, and returns what fn panicked with or
+// returned. It leaves the goroutine locked to the thread unless the thread
+// is back in its own namespace, so it must be called on a goroutine that
+// ends afterwards.
+func runIn(name string, target netns.NsHandle, fn func() error) (panicked any, err error) {
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
 		runtime.UnlockOSThread()
-		return fmt.Errorf("netlinkdiag: open own network namespace: %w", err)
+		return nil, fmt.Errorf("netlinkdiag: open own network namespace: %w", err)
 	}
 	defer orig.Close()
 	if err := netns.Set(target); err != nil {
 		runtime.UnlockOSThread()
-		return fmt.Errorf("netlinkdiag: enter network namespace %s: %w", name, err)
+		return nil, fmt.Errorf("netlinkdiag: enter network namespace %s: %w", name, err)
 	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return fmt.Errorf("netlinkdiag: restore network namespace: %w", err) // the thread stays locked
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	defer func() {
+		// After a panic or runtime.Goexit in fn too. A thread that cannot
+		// switch back stays locked, and is discarded; fn's work is done and
+		// nothing of the caller is in the wrong namespace, so that is not
+		// an error to report.
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+	return call(fn)
+}
+
+// call calls fn and returns what it panicked with, if it did.
+func call(fn func() error) (panicked any, err error) {
+	defer func() { panicked = recover() }()
+	return nil, fn()
 }
 
 func newSocket() (int, error) {
@@ -261,7 +293,7 @@ func (c *conn) ensure() error {
 			if errors.Is(err, os.ErrNotExist) {
 				// Our socket is what keeps the namespace alive now: let go.
 				c.drop()
-				return fmt.Errorf("netlinkdiag: network namespace %s vanished: %w", c.path, err)
+				return namespaceGone(c.path, err)
 			}
 			return fmt.Errorf("netlinkdiag: stat network namespace %s: %w", c.path, err)
 		}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -650,12 +651,18 @@ func TestIntegrationDialMissingNamespace(t *testing.T) {
 	netnstest.RequireRoot(t)
 	for _, ns := range []string{"tcpstate-test-no-such-namespace", "/run/netns/tcpstate-test-no-such-namespace", "/proc/999999999/ns/net"} {
 		c, err := Dial(Options{NetNS: ns})
-		if !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("Dial(%q) = %v, %v; want os.ErrNotExist", ns, c, err)
+		if !errors.Is(err, ErrNamespaceGone) || !errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrUnsupported) {
+			t.Errorf("Dial(%q) = %v, %v; want ErrNamespaceGone and os.ErrNotExist", ns, c, err)
 			continue
 		}
-		if want, _ := nsPath(ns); !strings.Contains(err.Error(), want) {
-			t.Errorf("Dial(%q) error %q does not name %s", ns, err, want)
+		path, _ := nsPath(ns)
+		if !strings.Contains(err.Error(), path) {
+			t.Errorf("Dial(%q) error %q does not name %s", ns, err, path)
+		}
+		ran := false
+		err = Do(path, func() error { ran = true; return nil })
+		if !errors.Is(err, ErrNamespaceGone) || ran {
+			t.Errorf("Do(%q) = %v, ran %v; want ErrNamespaceGone without running", path, err, ran)
 		}
 	}
 }
@@ -669,9 +676,241 @@ func TestIntegrationNamespaceVanished(t *testing.T) {
 	}
 	for range 2 {
 		err := c.DumpTCP(context.Background(), Request{}, func(*Socket) error { return nil })
-		if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), path) {
-			t.Fatalf("DumpTCP after the namespace was deleted: %v; want os.ErrNotExist naming %s", err, path)
+		if !errors.Is(err, ErrNamespaceGone) || !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), path) {
+			t.Fatalf("DumpTCP after the namespace was deleted: %v; want ErrNamespaceGone naming %s", err, path)
 		}
+		if errors.Is(err, ErrUnsupported) {
+			t.Fatalf("DumpTCP after the namespace was deleted: %v is ErrUnsupported", err)
+		}
+	}
+}
+
+// TestIntegrationNoHandlerIsUnsupported asks the kernel for a protocol no
+// sock_diag handler serves, as a kernel without tcp_diag would see TCP.
+func TestIntegrationNoHandlerIsUnsupported(t *testing.T) {
+	_, path := netnstest.New(t)
+	c := dialT(t, Options{NetNS: path}).c
+	if err := c.ensure(); err != nil {
+		t.Fatal(err)
+	}
+	c.seq++
+	req := appendRequest(nil, c.seq, afInet, Request{})
+	req[nlmsgHdrLen+1] = 253 // IPPROTO for experiments: no inet_diag handler
+	if _, err := c.f.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for done := false; !done && err == nil; {
+		var n int
+		if n, err = c.recv(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		done, _, err = parse(c.buf[:n], c.seq, c.portID, &c.sock, func(*Socket) error { return nil })
+	}
+	t.Logf("kernel %s: %v", kernelRelease(t), err)
+	if !errors.Is(err, ErrUnsupported) || errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrNamespaceGone) {
+		t.Fatalf("dump of a protocol without a handler: %v; want ErrUnsupported only", err)
+	}
+}
+
+func kernelRelease(t *testing.T) string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+func TestErrnoNumbers(t *testing.T) {
+	if errnoENOENT != int(unix.ENOENT) || errnoEOPNOTSUPP != int(unix.EOPNOTSUPP) {
+		t.Fatalf("ENOENT, EOPNOTSUPP = %d, %d; want %d, %d", errnoENOENT, errnoEOPNOTSUPP, unix.ENOENT, unix.EOPNOTSUPP)
+	}
+}
+
+// threadNS returns the inode of the calling thread's network namespace.
+func threadNS() (uint64, error) {
+	var st unix.Stat_t
+	err := unix.Stat("/proc/thread-self/ns/net", &st)
+	return st.Ino, err
+}
+
+// threadCaps returns the calling thread's effective capabilities.
+func threadCaps() (uint64, error) {
+	var data [2]unix.CapUserData
+	err := unix.Capget(&unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}, &data[0])
+	return uint64(data[1].Effective)<<32 | uint64(data[0].Effective), err
+}
+
+// dropSysAdmin takes CAP_SYS_ADMIN from the calling thread's effective set,
+// and so takes from it the right to setns.
+func dropSysAdmin() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return err
+	}
+	data[0].Effective &^= 1 << unix.CAP_SYS_ADMIN
+	return unix.Capset(&hdr, &data[0])
+}
+
+// threadAlive reports whether thread tid of this process still exists.
+func threadAlive(tid int) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid))
+	return err == nil
+}
+
+// caller is what a goroutine calling Do saw of its own thread.
+type caller struct {
+	tid                   int
+	nsBefore, nsAfter     uint64
+	capsBefore, capsAfter uint64
+	err                   error // from Do
+	setup                 error // from looking at the thread
+}
+
+// callDo calls Do(path, fn) from a goroutine of its own, locked to its
+// thread around the call so that the thread it looks at before and after is
+// the one Do was called on, and returns what that goroutine saw once it has
+// ended. The caller's thread is never the main thread, which the runtime
+// parks rather than ends when a goroutine ends locked to it.
+func callDo(path string, fn func() error) caller {
+	var c caller
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			c = callDo(path, fn) // from another thread, while this goroutine holds the main one
+			return
+		}
+		c.tid = unix.Gettid()
+		var err1, err2, err3, err4 error
+		c.nsBefore, err1 = threadNS()
+		c.capsBefore, err2 = threadCaps()
+		c.err = Do(path, fn)
+		c.nsAfter, err3 = threadNS()
+		c.capsAfter, err4 = threadCaps()
+		c.setup = errors.Join(err1, err2, err3, err4)
+	}()
+	<-done
+	return c
+}
+
+// checkCaller fails t if Do moved or changed the caller's thread, or left
+// the caller's goroutine locked to it: a goroutine that ends locked takes
+// its thread with it.
+func checkCaller(t *testing.T, c caller) {
+	t.Helper()
+	if c.setup != nil {
+		t.Fatal(c.setup)
+	}
+	if c.nsAfter != c.nsBefore || c.capsAfter != c.capsBefore {
+		t.Errorf("caller's thread left in namespace %d with capabilities %#x; was in %d with %#x", c.nsAfter, c.capsAfter, c.nsBefore, c.capsBefore)
+	}
+	for range 20 {
+		if !threadAlive(c.tid) {
+			t.Fatalf("caller's thread %d ended with its goroutine: Do left the goroutine locked", c.tid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestIntegrationDo(t *testing.T) {
+	_, path := netnstest.New(t)
+	var want unix.Stat_t
+	if err := unix.Stat(path, &want); err != nil {
+		t.Fatal(err)
+	}
+	var inside uint64
+	c := callDo(path, func() (err error) {
+		inside, err = threadNS()
+		return err
+	})
+	if c.err != nil {
+		t.Fatal(c.err)
+	}
+	if inside != want.Ino || inside == c.nsBefore {
+		t.Errorf("fn ran in namespace %d; want %s (%d), not the caller's %d", inside, path, want.Ino, c.nsBefore)
+	}
+	checkCaller(t, c)
+
+	stop := errors.New("stop")
+	if c := callDo(path, func() error { return stop }); c.err != stop {
+		t.Errorf("Do = %v, want fn's error", c.err)
+	}
+}
+
+// TestIntegrationDoSwitchBackFails takes from fn's thread the right to
+// setns, so that it cannot switch back: the thread must be thrown away, and
+// the caller must not notice.
+func TestIntegrationDoSwitchBackFails(t *testing.T) {
+	_, path := netnstest.New(t)
+	// The main thread is parked, not ended, when its goroutine ends
+	// locked: fn drops nothing there, and is tried again.
+	errMainThread := errors.New("fn on the main thread")
+	var fnTID int
+	var inside uint64
+	var c caller
+	for range 100 {
+		c = callDo(path, func() (err error) {
+			if fnTID = unix.Gettid(); fnTID == unix.Getpid() {
+				return errMainThread
+			}
+			if inside, err = threadNS(); err != nil {
+				return err
+			}
+			return dropSysAdmin()
+		})
+		if c.err != errMainThread {
+			break
+		}
+	}
+	if c.err != nil {
+		t.Fatalf("Do = %v; want fn's nil error", c.err)
+	}
+	if fnTID == c.tid || inside == c.nsBefore {
+		t.Fatalf("fn ran on the caller's thread %d or in its namespace %d", fnTID, inside)
+	}
+	checkCaller(t, c)
+	for deadline := time.Now().Add(5 * time.Second); threadAlive(fnTID); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("thread %d, stuck in namespace %d, still alive", fnTID, inside)
+		}
+	}
+	// Threads the runtime hands out later are all back home.
+	for range 10 {
+		if next := callDo(path, func() error { return nil }); next.err != nil || next.nsBefore != c.nsBefore {
+			t.Fatalf("Do after a discarded thread: %v; caller's thread in namespace %d, want %d", next.err, next.nsBefore, c.nsBefore)
+		}
+	}
+}
+
+func TestIntegrationDoPanicAndGoexit(t *testing.T) {
+	_, path := netnstest.New(t)
+	got := func() (v any) {
+		defer func() { v = recover() }()
+		Do(path, func() error { panic("boom") })
+		return nil
+	}()
+	if got != "boom" {
+		t.Errorf("panic in fn: caller recovered %v, want boom", got)
+	}
+
+	returned := make(chan bool, 1)
+	go func() {
+		ok := false
+		defer func() { returned <- ok }()
+		Do(path, func() error { runtime.Goexit(); return nil })
+		ok = true
+	}()
+	select {
+	case ok := <-returned:
+		if ok {
+			t.Errorf("runtime.Goexit in fn: Do returned")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("runtime.Goexit in fn: Do still waiting")
 	}
 }
 

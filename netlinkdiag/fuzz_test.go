@@ -25,6 +25,8 @@ func fuzzSeeds() [][]byte {
 		encode(intr, done),
 		encode(testMsg{typ: nlmsgError, payload: errnoPayload(-1)}),
 		encode(testMsg{typ: nlmsgDone, payload: errnoPayload(-105)[:4]}),
+		encode(testMsg{typ: nlmsgError, payload: errnoPayload(-errnoENOENT)}),
+		encode(testMsg{typ: nlmsgDone, payload: errnoPayload(-errnoEOPNOTSUPP)[:4]}),
 		encode(testMsg{typ: tcpdiagGetsock, seq: 1, payload: diagMsg(sock4)}, done),
 		full[:len(full)/2],
 		full[:nlmsgHdrLen+10],
@@ -121,13 +123,17 @@ func FuzzParse(f *testing.F) {
 		}
 		var errno syscall.Errno
 		switch {
-		case err == nil, errors.Is(err, ErrMalformed), errors.As(err, &errno):
+		case err == nil, errors.Is(err, ErrMalformed), errors.Is(err, ErrUnsupported), errors.As(err, &errno):
 		case err == errStop:
 			if done {
 				t.Fatal("done with the callback's error")
 			}
 		default:
-			t.Fatalf("error %v (%T) is neither ErrMalformed, an errno nor the callback's", err, err)
+			t.Fatalf("error %v (%T) is neither ErrMalformed, ErrUnsupported, an errno nor the callback's", err, err)
+		}
+		// No reply makes the namespace look gone.
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrNamespaceGone) {
+			t.Fatalf("error %v says the namespace is gone", err)
 		}
 
 		// Nothing of one message leaks into the next: a Socket left dirty

@@ -21,6 +21,13 @@ var ErrMalformed = errors.New("netlinkdiag: malformed netlink message")
 // caller decides whether to use or retry the result.
 var ErrDumpInterrupted = errors.New("netlinkdiag: dump interrupted by a concurrent change, results may be inconsistent")
 
+// ErrUnsupported is wrapped by the error for a dump the kernel answered with
+// ENOENT or EOPNOTSUPP: it has no sock_diag handler for TCP in this network
+// namespace (the inet_diag or tcp_diag module is missing or not loaded).
+// errors.Is(ErrUnsupported, errors.ErrUnsupported) holds. An error wrapping
+// it is never os.ErrNotExist or ErrNamespaceGone: the namespace is there.
+var ErrUnsupported = fmt.Errorf("netlinkdiag: no sock_diag handler for TCP (is tcp_diag loaded?): %w", errors.ErrUnsupported)
+
 func malformed(off int, format string, args ...any) error {
 	return fmt.Errorf("%w: %s at offset %d", ErrMalformed, fmt.Sprintf(format, args...), off)
 }
@@ -33,10 +40,13 @@ func malformed(off int, format string, args ...any) error {
 // an NLMSG_ERROR acknowledgement) for this request and reports done; it
 // reports interrupted if any message for this request carried
 // NLM_F_DUMP_INTR. A negative errno in NLMSG_ERROR or NLMSG_DONE is returned
-// as an error wrapping syscall.Errno, so errors.Is(err, os.ErrPermission)
-// and errors.Is(err, unix.ENOBUFS) work. Bytes that do not decode yield an
+// as an error that names it: for ENOENT and EOPNOTSUPP, which mean the
+// kernel cannot dump TCP sockets at all, one wrapping ErrUnsupported (and
+// not syscall.Errno, so not os.ErrNotExist); for any other errno, one
+// wrapping syscall.Errno, so errors.Is(err, os.ErrPermission) and
+// errors.Is(err, unix.ENOBUFS) work. Bytes that do not decode yield an
 // error wrapping ErrMalformed. An error from fn stops Parse and is returned
-// unchanged.
+// unchanged. Parse never returns ErrNamespaceGone.
 //
 // The Socket passed to fn is reused for the next message and its Attrs
 // alias b.
@@ -107,13 +117,20 @@ func parse(b []byte, seq, portID uint32, s *Socket, fn func(*Socket) error) (don
 }
 
 // errnoError turns the int error of an NLMSG_ERROR or NLMSG_DONE into a Go
-// error: nil for 0, a wrapped syscall.Errno for a negative errno.
+// error: nil for 0, ErrUnsupported for a kernel that has no TCP handler, a
+// wrapped syscall.Errno for any other negative errno.
 func errnoError(off int, what string, code int32) error {
 	switch {
 	case code == 0:
 		return nil
 	case code > 0:
 		return malformed(off, "%s with positive error %d", what, code)
+	case code == -errnoENOENT:
+		// inet_diag finds no handler for the protocol; not a missing file,
+		// so no syscall.Errno, which would make it os.ErrNotExist.
+		return fmt.Errorf("netlinkdiag: kernel answered the dump with %s ENOENT: %w", what, ErrUnsupported)
+	case code == -errnoEOPNOTSUPP:
+		return fmt.Errorf("netlinkdiag: kernel answered the dump with %s EOPNOTSUPP: %w", what, ErrUnsupported)
 	}
 	return fmt.Errorf("netlinkdiag: kernel answered the dump with %s: %w", what, syscall.Errno(-code))
 }

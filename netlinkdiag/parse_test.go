@@ -292,6 +292,43 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+// TestParseUnsupported checks that a kernel without a TCP handler is
+// ErrUnsupported, and never mistaken for a namespace that is gone.
+func TestParseUnsupported(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		in    []byte
+		errno string
+		wantN int
+	}{
+		{"ENOENT in NLMSG_ERROR", encode(testMsg{typ: nlmsgError, payload: errnoPayload(-errnoENOENT)}), "ENOENT", 0},
+		{"EOPNOTSUPP in NLMSG_ERROR", encode(testMsg{typ: nlmsgError, payload: errnoPayload(-errnoEOPNOTSUPP)}), "EOPNOTSUPP", 0},
+		{"ENOENT in NLMSG_DONE", encode(testMsg{typ: nlmsgDone, payload: errnoPayload(-errnoENOENT)[:4]}), "ENOENT", 0},
+		{"EOPNOTSUPP in NLMSG_DONE after a socket", encode(sockMsg(sock4), testMsg{typ: nlmsgDone, payload: errnoPayload(-errnoEOPNOTSUPP)[:4]}), "EOPNOTSUPP", 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, done, _, err := collect(t, tt.in)
+			if !errors.Is(err, ErrUnsupported) || !errors.Is(err, errors.ErrUnsupported) {
+				t.Errorf("error %v is not ErrUnsupported and errors.ErrUnsupported", err)
+			}
+			for _, not := range []error{os.ErrNotExist, ErrNamespaceGone, ErrMalformed} {
+				if errors.Is(err, not) {
+					t.Errorf("error %v is %v", err, not)
+				}
+			}
+			if err != nil && !strings.Contains(err.Error(), tt.errno) {
+				t.Errorf("error %q does not name %s", err, tt.errno)
+			}
+			if !done || len(got) != tt.wantN {
+				t.Errorf("done = %v after %d sockets; want true after %d", done, len(got), tt.wantN)
+			}
+		})
+	}
+	if !errors.Is(ErrUnsupported, errors.ErrUnsupported) {
+		t.Errorf("ErrUnsupported is not errors.ErrUnsupported")
+	}
+}
+
 func TestParseDumpInterrupted(t *testing.T) {
 	intr := sockMsg(sock6)
 	intr.flags |= nlmFDumpIntr

@@ -27,6 +27,11 @@ const (
 	inetDiagReqLen    = 60 // sizeof(struct inet_diag_req)
 	inetDiagReqV2Len  = 56 // sizeof(struct inet_diag_req_v2)
 	inetDiagMsgLen    = 72 // sizeof(struct inet_diag_msg)
+
+	// Errnos with which inet_diag says it has no handler for TCP
+	// (include/uapi/asm-generic/errno-base.h and errno.h).
+	errnoENOENT     = 2
+	errnoEOPNOTSUPP = 95
 )
 
 // Attribute types that may follow an inet_diag_msg (enum in
