@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -30,7 +29,7 @@ func (d *nsDumper) DumpTCP(ctx context.Context, req netlinkdiag.Request, fn func
 	}
 	socks, ok := d.world.sockets[d.id]
 	if !ok {
-		return fmt.Errorf("network namespace %s vanished: %w", d.path, os.ErrNotExist)
+		return fmt.Errorf("network namespace %s vanished: %w", d.path, netlinkdiag.ErrNamespaceGone)
 	}
 	for i := range socks {
 		if err := fn(&socks[i]); err != nil {

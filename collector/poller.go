@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
@@ -25,19 +26,18 @@ type Reason uint8
 
 // The reasons a poll error is counted under.
 const (
-	ReasonInterrupted  Reason = iota // the kernel flagged the dump as interrupted (NLM_F_DUMP_INTR)
-	ReasonMalformed                  // the kernel's reply could not be decoded
-	ReasonPermission                 // the kernel refused the dump
-	ReasonNamespace                  // the observed network namespace is gone
-	ReasonNoBuffer                   // the receive buffer overflowed (ENOBUFS)
-	ReasonDump                       // any other failure to dump
-	ReasonUnknownState               // a socket in a kernel state with no documented name (counted per socket)
+	ReasonMalformed   Reason = iota // the kernel's reply could not be decoded
+	ReasonPermission                // the kernel refused the dump
+	ReasonNamespace                 // the observed network namespace is gone
+	ReasonUnsupported               // the kernel has no TCP sock_diag handler (ENOENT, EOPNOTSUPP)
+	ReasonNoBuffer                  // the receive buffer overflowed (ENOBUFS)
+	ReasonDump                      // any other failure to dump
 
 	// NumReasons is the number of reasons.
-	NumReasons = 7
+	NumReasons = 6
 )
 
-var reasonNames = [NumReasons]string{"interrupted", "malformed", "permission", "namespace", "enobufs", "dump", "unknown_state"}
+var reasonNames = [NumReasons]string{"malformed", "permission", "namespace", "unsupported", "enobufs", "dump"}
 
 // String returns the reason's label value.
 func (r Reason) String() string {
@@ -50,18 +50,50 @@ func (r Reason) String() string {
 // Classify returns the reason a dump error is counted under.
 func Classify(err error) Reason {
 	switch {
-	case errors.Is(err, netlinkdiag.ErrDumpInterrupted):
-		return ReasonInterrupted
+	case errors.Is(err, netlinkdiag.ErrNamespaceGone):
+		return ReasonNamespace
+	case errors.Is(err, netlinkdiag.ErrUnsupported):
+		return ReasonUnsupported
 	case errors.Is(err, netlinkdiag.ErrMalformed):
 		return ReasonMalformed
 	case errors.Is(err, os.ErrPermission):
 		return ReasonPermission
-	case errors.Is(err, os.ErrNotExist):
-		return ReasonNamespace
 	case errors.Is(err, syscall.ENOBUFS):
 		return ReasonNoBuffer
 	}
 	return ReasonDump
+}
+
+// Inconsistency is a kind of inconsistency in the kernel's dumps that the
+// tracker corrected.
+type Inconsistency uint8
+
+// The kinds of dump inconsistency.
+const (
+	// InconsistencyDuplicate: a dump reported a socket more than once; it
+	// was counted once.
+	InconsistencyDuplicate Inconsistency = iota
+	// InconsistencySkipped: a complete dump left out a socket that was
+	// still open (a later dump reported it again); it was not taken for
+	// closed.
+	InconsistencySkipped
+	// InconsistencyInterrupted: the kernel flagged a dump with
+	// NLM_F_DUMP_INTR. Linux does not do so for TCP dumps; should a kernel
+	// start to, the dump is used like any other.
+	InconsistencyInterrupted
+
+	// NumInconsistencies is the number of kinds.
+	NumInconsistencies = 3
+)
+
+var inconsistencyNames = [NumInconsistencies]string{"duplicate", "skipped", "interrupted"}
+
+// String returns the kind's label value.
+func (k Inconsistency) String() string {
+	if k < NumInconsistencies {
+		return inconsistencyNames[k]
+	}
+	return "unknown"
 }
 
 // Snapshot is what scrapes read: the gauges of the last complete poll and
@@ -80,10 +112,15 @@ type Snapshot struct {
 	// Ports is the per-service-port breakdown.
 	Ports PortBreakdown
 
-	Polls       uint64                       // polls attempted
-	Errors      [NumReasons]uint64           // poll errors by reason
-	Overruns    uint64                       // polls that took longer than the interval
-	Transitions [NumStates][NumStates]uint64 // transitions seen, [from][to]
+	// Inodes holds the socket inodes (0 for sockets with no owner) of the
+	// sockets in the attribution states, as of the same dumps.
+	Inodes []InodeState
+
+	Polls           uint64                       // polls attempted
+	Errors          [NumReasons]uint64           // poll errors by reason
+	Overruns        uint64                       // polls that took longer than the interval
+	Transitions     [NumStates][NumStates]uint64 // transitions seen, [from][to]
+	Inconsistencies [NumInconsistencies]uint64   // dump inconsistencies corrected, by kind
 }
 
 // NamespaceResult is one network namespace's part of a poll.
@@ -135,8 +172,13 @@ type Config struct {
 	ObserveStay func(State, time.Duration)
 	// ObservePoll, if set, receives the duration of every poll.
 	ObservePoll func(time.Duration)
-	// Now is the clock; nil means time.Now.
+	// Now is the wall clock, for the times snapshots carry; nil means
+	// time.Now.
 	Now func() time.Time
+	// Mono is the clock the trackers run on, in nanoseconds: nil means
+	// CLOCK_MONOTONIC (the clock of kernel event timestamps) when Now is
+	// nil too, and Now's reading otherwise.
+	Mono func() int64
 	// Logger receives poll failures and recoveries; nil discards them.
 	Logger *slog.Logger
 }
@@ -159,8 +201,25 @@ type target struct {
 	rows    []PortCount  // last complete dump's port rows
 	inodes  []InodeState // last complete dump's attribution inodes
 	pending []InodeState // being gathered by the current dump
+	unknown int          // sockets in undocumented kernel states in the current dump
 	lastErr string
 	observe func(*netlinkdiag.Socket) error
+
+	// The current dump's sockets wait here until a batch is full.
+	begun int64 // the dump's clock reading
+	batch [batchLen]Observation
+	extra [batchLen]socketExtra
+	dup   [batchLen]bool
+	n     int
+}
+
+// socketExtra is what the poller keeps of a socket besides the tracker's
+// observation: what the port breakdown and attribution need.
+type socketExtra struct {
+	port  uint16
+	rq    uint32
+	wq    uint32
+	inode uint32
 }
 
 // Poller polls one namespace, or every namespace a Discovery finds, into
@@ -170,7 +229,8 @@ type Poller struct {
 	discovery *Discovery
 	attrState [NumStates]bool
 
-	mu      sync.Mutex // serialises polls; guards the fields below
+	// The targets, their trackers and next are owned by the goroutine
+	// that polls; no lock is held across a dump.
 	targets []*target
 	next    Snapshot
 
@@ -178,6 +238,14 @@ type Poller struct {
 }
 
 func newPoller(cfg Config) *Poller {
+	if cfg.Mono == nil {
+		if cfg.Now == nil {
+			cfg.Mono = monotonic
+		} else {
+			now := cfg.Now
+			cfg.Mono = func() int64 { return now().UnixNano() }
+		}
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -214,17 +282,45 @@ func (p *Poller) newTarget(ns Namespace, d Dumper, c DumpCloser) *target {
 	t := &target{ns: ns, dumper: d, closer: c, tracker: NewTracker(p.cfg.MaxTracked, p.cfg.ObserveStay)}
 	t.last.Name = ns.Name
 	t.observe = func(s *netlinkdiag.Socket) error {
-		st, ok := t.tracker.Observe(s)
+		st, ok := FromKernel(s.State)
 		if !ok {
+			t.unknown++
 			return nil
 		}
-		t.ports.add(s, st)
-		if p.attrState[st] {
-			t.pending = append(t.pending, InodeState{s.Inode, st})
+		o := &t.batch[t.n]
+		*o = Observation{Cookie: s.Cookie, State: st}
+		if s.Family == syscall.AF_INET6 {
+			o.Family = IPv6
+		}
+		if st == TimeWait && s.Timer == netlinkdiag.TimerTimeWait {
+			o.TimeWaitEnd = t.begun + int64(s.Expires)*int64(time.Millisecond)
+		}
+		t.extra[t.n] = socketExtra{port: s.Src.Port(), rq: s.RQueue, wq: s.WQueue, inode: s.Inode}
+		t.n++
+		if t.n == len(t.batch) {
+			p.flush(t)
 		}
 		return nil
 	}
 	return t
+}
+
+// flush applies the batched sockets of t's dump, and counts those that
+// are not repeats into the port breakdown and attribution.
+func (p *Poller) flush(t *target) {
+	n := t.n
+	t.n = 0
+	t.tracker.ObserveBatch(t.batch[:n], t.dup[:n])
+	for i := range n {
+		if t.dup[i] {
+			continue
+		}
+		st, x := t.batch[i].State, &t.extra[i]
+		t.ports.add(x.port, st, x.rq, x.wq)
+		if p.attrState[st] {
+			t.pending = append(t.pending, InodeState{x.inode, st})
+		}
+	}
 }
 
 // Snapshot returns the latest published snapshot; it never blocks on a poll.
@@ -232,20 +328,15 @@ func (p *Poller) Snapshot() *Snapshot { return p.snap.Load() }
 
 // AttributionInodes appends to dst the inodes (0 for sockets with no
 // owner) of sockets in the attribution states as of the latest complete
-// dumps, and returns it.
+// dumps, and returns it. It reads the latest snapshot and never waits for
+// a poll.
 func (p *Poller) AttributionInodes(dst []InodeState) []InodeState {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, t := range p.targets {
-		dst = append(dst, t.inodes...)
-	}
-	return dst
+	return append(dst, p.Snapshot().Inodes...)
 }
 
-// Close closes the dumpers the Poller opened itself.
+// Close closes the dumpers the Poller opened itself. It must not run
+// while a poll does.
 func (p *Poller) Close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	for _, t := range p.targets {
 		if t.closer != nil {
 			t.closer.Close()
@@ -256,13 +347,10 @@ func (p *Poller) Close() {
 }
 
 // Poll dumps every socket once, applies the dump to the tracker and
-// publishes a snapshot. An interrupted dump is retried once at once. A dump
-// that fails or stays interrupted publishes no gauges: the last complete
-// poll's stand, and the error is counted and returned.
+// publishes a snapshot. A dump that fails publishes no gauges: the last
+// complete poll's stand, and the error is counted and returned. Polls
+// must not run concurrently: one goroutine (Run's) owns the trackers.
 func (p *Poller) Poll(ctx context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-
 	start := p.cfg.Now()
 	var errs []error
 	if p.discovery != nil {
@@ -272,7 +360,7 @@ func (p *Poller) Poll(ctx context.Context) error {
 		}
 	}
 	for _, t := range p.targets {
-		if err := p.pollTarget(ctx, t, start); err != nil {
+		if err := p.pollTarget(ctx, t); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -295,46 +383,35 @@ func (p *Poller) Poll(ctx context.Context) error {
 }
 
 // pollTarget dumps one namespace into its tracker.
-func (p *Poller) pollTarget(ctx context.Context, t *target, start time.Time) error {
-	var err error
-	for attempt := 0; attempt < 2; attempt++ {
-		begun := start
-		if attempt > 0 || p.discovery != nil {
-			begun = p.cfg.Now()
-		}
-		t.pending = t.pending[:0]
-		t.ports.reset()
-		t.tracker.max = p.budget(t)
-		t.tracker.Begin(begun)
-		err = t.dumper.DumpTCP(ctx, netlinkdiag.Request{}, t.observe)
-		if err == nil {
-			res := t.tracker.Commit()
-			t.last.Time, t.last.PollResult = begun, res
-			t.last.Took = p.cfg.Now().Sub(begun)
-			t.rows = t.ports.rows(t.ns.Name)
-			t.inodes, t.pending = t.pending, t.inodes
-			p.next.Errors[ReasonUnknownState] += uint64(res.Unknown)
-			break
-		}
-		aborted := t.tracker.Abort()
-		if ctx.Err() != nil {
-			// Cut short by shutdown: not a failure of the poll.
-			return ctx.Err()
-		}
-		if p.discovery != nil && errors.Is(err, os.ErrNotExist) {
-			// Gone between discovery and dump: dropped, not an error.
-			t.ns.ID = 0
-			err = nil
-			break
-		}
-		p.next.Errors[Classify(err)]++
-		if !errors.Is(err, netlinkdiag.ErrDumpInterrupted) || attempt == 1 {
-			// Sockets in unknown states are counted once per poll: from
-			// the retry, not from the dump it replaced.
-			p.next.Errors[ReasonUnknownState] += uint64(aborted.Unknown)
-			break
-		}
+func (p *Poller) pollTarget(ctx context.Context, t *target) error {
+	wall := p.cfg.Now()
+	t.begun = p.cfg.Mono()
+	t.pending = t.pending[:0]
+	t.unknown, t.n = 0, 0
+	t.ports.reset()
+	t.tracker.SetMax(p.budget(t))
+	t.tracker.Begin(t.begun)
+	err := t.dumper.DumpTCP(ctx, netlinkdiag.Request{}, t.observe)
+	p.flush(t)
+	if errors.Is(err, netlinkdiag.ErrDumpInterrupted) {
+		// The dump is whole; the kernel says it may be inconsistent, which
+		// every TCP dump may be, flagged or not (see MissesToClose).
+		p.next.Inconsistencies[InconsistencyInterrupted]++
+		err = nil
 	}
+	var res PollResult
+	if err == nil {
+		res = t.tracker.Commit()
+		res.Unknown = t.unknown
+		t.last.Time, t.last.PollResult = wall, res
+		t.last.Took = p.cfg.Now().Sub(wall)
+		t.rows = t.ports.rows(t.ns.Name)
+		t.inodes, t.pending = t.pending, t.inodes
+	} else {
+		res = t.tracker.Abort()
+	}
+	p.next.Inconsistencies[InconsistencyDuplicate] += uint64(res.Duplicates)
+	p.next.Inconsistencies[InconsistencySkipped] += uint64(res.Skipped)
 	tr := t.tracker.Transitions()
 	for from := range tr {
 		for to := range tr[from] {
@@ -342,6 +419,18 @@ func (p *Poller) pollTarget(ctx context.Context, t *target, start time.Time) err
 		}
 	}
 	t.seen = tr
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		// Cut short by shutdown: not a failure of the poll.
+		return ctx.Err()
+	case p.discovery != nil && errors.Is(err, netlinkdiag.ErrNamespaceGone):
+		// Gone between discovery and dump: dropped, not an error.
+		t.ns.ID = 0
+		return nil
+	default:
+		p.next.Errors[Classify(err)]++
+	}
 	p.logTransition(t, err)
 	return err
 }
@@ -423,6 +512,7 @@ func (p *Poller) assemble() {
 	var oldest time.Time
 	var rows []PortCount
 	var nss []NamespaceResult
+	var inodes []InodeState
 	for _, t := range p.targets {
 		if t.last.Time.IsZero() {
 			continue // never dumped whole: nothing to show yet
@@ -439,15 +529,19 @@ func (p *Poller) assemble() {
 		sum.Tracked += r.Tracked
 		sum.Untracked += r.Untracked
 		sum.Unknown += r.Unknown
+		sum.Missing += r.Missing
+		sum.Duplicates += r.Duplicates
+		sum.Skipped += r.Skipped
 		if oldest.IsZero() || t.last.Time.Before(oldest) {
 			oldest = t.last.Time
 		}
 		rows = append(rows, t.rows...)
+		inodes = append(inodes, t.inodes...)
 		if p.discovery != nil {
 			nss = append(nss, t.last)
 		}
 	}
-	p.next.PollResult, p.next.Time, p.next.Namespaces = sum, oldest, nss
+	p.next.PollResult, p.next.Time, p.next.Namespaces, p.next.Inodes = sum, oldest, nss, inodes
 	p.next.Ports = topPorts(rows, p.cfg.PortTop)
 }
 
@@ -489,4 +583,13 @@ func every(ctx context.Context, interval, fallback time.Duration, fn func()) {
 			fn()
 		}
 	}
+}
+
+// monotonic reads CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.
+func monotonic() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return time.Now().UnixNano() // cannot fail on Linux
+	}
+	return ts.Nano()
 }

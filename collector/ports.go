@@ -3,8 +3,6 @@ package collector
 import (
 	"cmp"
 	"slices"
-
-	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
 // PortKind says what a row of the port breakdown stands for.
@@ -82,8 +80,9 @@ func (p *portTally) reset() {
 	p.late = false
 }
 
-func (p *portTally) add(s *netlinkdiag.Socket, st State) {
-	port := s.Src.Port()
+// add counts a socket on local port in state st; rq and wq are a
+// listener's accept queue and its limit.
+func (p *portTally) add(port uint16, st State, rq, wq uint32) {
 	if st == Listen {
 		set(&p.listen, port)
 		p.late = p.late || has(&p.counted, port)
@@ -97,8 +96,8 @@ func (p *portTally) add(s *netlinkdiag.Socket, st State) {
 	ps.sockets[st]++
 	if st == Listen {
 		ps.listening = true
-		ps.queue += int32(s.RQueue)
-		ps.limit += int32(s.WQueue)
+		ps.queue += int32(rq)
+		ps.limit += int32(wq)
 	}
 	p.ports[port] = ps
 }

@@ -24,35 +24,52 @@ type table struct {
 	sink uint64 // keeps touch's loads from being optimised away
 }
 
-// slot is one entry in 24 bytes: the state and unknown flag ride in the low
-// bits of lastSeen.
+// slot is one entry in 24 bytes: the state and flags ride in the low bits
+// of lastSeen.
 type slot struct {
 	cookie  uint64
 	entered int64
-	meta    int64 // lastSeen<<metaBits | state<<1 | unknown
+	meta    int64 // lastSeen<<metaBits | misses<<7 | family<<6 | exact<<5 | unknown<<4 | state
 }
 
 const (
-	metaBits = 5 // 4 for the state, 1 for unknown
+	metaBits = 9 // 4 for the state, 1 each for unknown, exact and family, 2 for misses
 
 	// maxTime bounds the times a slot holds, in ns either side of the
-	// epoch (2^57 ns, 4.5 years, leaving headroom below the 2^58 that fit);
-	// the tracker moves its epoch before reaching it.
-	maxTime = 1 << 57
+	// epoch: 2^53 ns, about 104 days, leaving headroom below the 2^54 that
+	// fit in the 55 bits left for lastSeen. The tracker moves its epoch
+	// before reaching it.
+	maxTime = 1 << 53
+
+	// maxMisses is the most misses a slot counts.
+	maxMisses = 3
 
 	minSlots = 64
 )
 
 func (s *slot) entry() entry {
-	return entry{entered: s.entered, lastSeen: s.meta >> metaBits, state: State(s.meta>>1) & 0xf, unknown: s.meta&1 != 0}
+	m := s.meta
+	return entry{
+		entered:  s.entered,
+		lastSeen: m >> metaBits,
+		state:    State(m & 0xf),
+		unknown:  m&(1<<4) != 0,
+		exact:    m&(1<<5) != 0,
+		family:   Family(m>>6) & 1,
+		misses:   uint8(m>>7) & maxMisses,
+	}
 }
 
 func (s *slot) set(e entry) {
 	s.entered = e.entered
-	s.meta = e.lastSeen<<metaBits | int64(e.state&0xf)<<1
+	m := e.lastSeen<<metaBits | int64(e.state&0xf) | int64(e.family&1)<<6 | int64(min(e.misses, maxMisses))<<7
 	if e.unknown {
-		s.meta |= 1
+		m |= 1 << 4
 	}
+	if e.exact {
+		m |= 1 << 5
+	}
+	s.meta = m
 }
 
 // home is where a cookie's probe starts: Fibonacci hashing, which spreads
@@ -84,13 +101,13 @@ func (t *table) find(cookie uint64) (int, bool) {
 
 // touch loads the home slot of every observation, independently of one
 // another, so that their cache misses overlap.
-func (t *table) touch(obs []observation) {
+func (t *table) touch(obs []Observation) {
 	if len(t.slots) == 0 {
 		return
 	}
 	var sum uint64
 	for i := range obs {
-		sum += t.slots[t.home(obs[i].cookie)].cookie
+		sum += t.slots[t.home(obs[i].Cookie)].cookie
 	}
 	t.sink += sum
 }
@@ -117,6 +134,15 @@ func (t *table) update(at int, e entry) {
 		return
 	}
 	t.slots[at].set(e)
+}
+
+// removeAt removes the entry lookup found at at.
+func (t *table) removeAt(at int) {
+	if at < 0 {
+		t.zero, t.hasZero = slot{}, false
+		return
+	}
+	t.remove(at)
 }
 
 // put inserts an entry for a cookie not in the table.

@@ -1,23 +1,55 @@
 package collector
 
 import (
-	"syscall"
 	"time"
-
-	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
 // TimeWaitLifetime is how long the kernel keeps a socket in TIME_WAIT
 // (TCP_TIMEWAIT_LEN). A TIME_WAIT socket's timer counts down from it, which
-// pins the moment the socket entered the state.
+// pins the moment the socket entered the state and the moment it ends.
 const TimeWaitLifetime = 60 * time.Second
 
-// entry is what the tracker remembers of one socket.
+// MissesToClose is how many consecutive complete dumps must leave a socket
+// out before the tracker takes it for closed. A sock_diag dump is not a
+// consistent snapshot: a socket that stays open is skipped now and then
+// when sockets ahead of it in its hash bucket close between two batches of
+// the dump, so one absence proves nothing. A socket in TIME_WAIT whose
+// kernel timer has run out is gone at once, without waiting.
+const MissesToClose = 2
+
+// Observation is one socket as a source saw it: a socket of a dump, or the
+// state a kernel event left it in.
+type Observation struct {
+	Cookie uint64 // kernel socket cookie
+	Netns  uint32 // network namespace inode; 0 when the source observes one namespace
+	Family Family
+	State  State
+	// TimeWaitEnd is when the kernel's TIME_WAIT timer fires, in
+	// CLOCK_MONOTONIC nanoseconds, for a socket in TIME_WAIT whose timer
+	// the source reports; 0 otherwise.
+	TimeWaitEnd int64
+}
+
+// Transition is one socket's change of state at a moment the kernel
+// reported, exact to the nanosecond.
+type Transition struct {
+	Cookie   uint64
+	Netns    uint32
+	Family   Family
+	From, To State
+	At       int64 // CLOCK_MONOTONIC nanoseconds
+}
+
+// entry is what the tracker remembers of one socket. Times are nanoseconds
+// since the tracker's epoch.
 type entry struct {
-	entered  int64 // ns since the tracker's epoch when the socket entered state
-	lastSeen int64 // ns since the epoch of the last poll that saw it in state
+	entered  int64 // when the socket entered state
+	lastSeen int64 // the last dump that saw it
 	state    State
-	unknown  bool // entered before tracking began: age is a lower bound
+	family   Family
+	unknown  bool  // entered before tracking began: age is a lower bound
+	exact    bool  // entered is the kernel's own time, not a midpoint between polls
+	misses   uint8 // consecutive complete dumps that left it out
 }
 
 // Counts is the per-poll tally of sockets, by family and documented state.
@@ -30,29 +62,42 @@ type PollResult struct {
 	Tracked   int                      // sockets the tracker remembers
 	Untracked int                      // sockets counted but not tracked (over the limit)
 	Unknown   int                      // sockets in a kernel state with no documented name
+	// Missing counts sockets this dump left out that are not yet known to
+	// be closed (see MissesToClose). They are counted in Sockets, in the
+	// state they were last seen in.
+	Missing int
+	// Duplicates counts sockets this dump reported more than once; each
+	// was counted and tracked once.
+	Duplicates int
+	// Skipped counts sockets this dump reported that earlier complete
+	// dumps had left out: misses that were not closes.
+	Skipped int
 }
 
 // Tracker remembers, per socket cookie, the documented state each socket is
-// in and when it entered it. Feed it one dump at a time: Begin, Observe for
-// every socket, then Commit (complete dump) or Abort (partial dump).
+// in and when it entered it. Dumps feed it one at a time: Begin, then
+// ObserveBatch for the dump's sockets, then Commit (a complete dump) or
+// Abort (one that broke off). Apply feeds it a transition the kernel
+// reported, at its exact time.
 //
-// Entry and exit times are midpoints between the polls on either side of a
-// change, so their precision is the poll interval. A Tracker is not safe
-// for concurrent use.
+// Times are CLOCK_MONOTONIC nanoseconds. Entry and exit times a dump
+// reveals are midpoints between the polls on either side of a change, so
+// their precision is the poll interval; transitions applied with Apply are
+// exact. A Tracker is not safe for concurrent use: one goroutine owns it.
 type Tracker struct {
 	max     int
 	sockets table
 	stay    func(State, time.Duration)
 
-	// Observations wait in pending until a batch is full, so that the
-	// table's cache misses for a whole batch overlap (see flush).
-	pending  [batchLen]observation
-	npending int
-
-	epoch    time.Time
-	now      int64 // the poll being applied
-	prevPoll int64 // the last poll applied before it
-	started  bool  // a complete poll has been committed
+	epoch    int64 // the clock's reading that times in entries count from
+	hasEpoch bool
+	now      int64 // the dump being applied, since the epoch
+	began    bool  // a dump has begun
+	// complete holds the times of the latest complete dumps, newest at
+	// complete[ncomplete%len], for the first dump that missed a socket.
+	complete  [MissesToClose + 1]int64
+	ncomplete int
+	started   bool // a complete poll has been committed
 	// saturated: the last poll left sockets untracked, so a socket new to
 	// the tracker may be one that was there all along.
 	saturated bool
@@ -71,152 +116,178 @@ func NewTracker(max int, stay func(State, time.Duration)) *Tracker {
 	return &Tracker{max: max, stay: stay}
 }
 
-// Begin starts applying a dump taken at now.
-func (t *Tracker) Begin(now time.Time) {
-	if t.epoch.IsZero() {
-		t.epoch = now
+// SetMax changes how many sockets the tracker may remember from the next
+// dump on.
+func (t *Tracker) SetMax(max int) { t.max = max }
+
+// since turns a clock reading into time since the epoch, setting the epoch
+// at the first reading and moving it forward before times outgrow a slot.
+func (t *Tracker) since(mono int64) int64 {
+	if !t.hasEpoch {
+		t.epoch, t.hasEpoch = mono, true
 	}
-	t.now = int64(now.Sub(t.epoch))
-	if t.now >= maxTime {
-		t.rebase(t.now)
+	d := mono - t.epoch
+	if d >= maxTime {
+		t.rebase(d - maxTime/2)
+		d = mono - t.epoch
 	}
+	return d
+}
+
+// Begin starts applying a dump taken at now, a CLOCK_MONOTONIC reading in
+// nanoseconds. A clock that has not moved since the last dump is taken to
+// have moved by a nanosecond, so that dumps never share a time.
+func (t *Tracker) Begin(now int64) {
+	n := t.since(now)
+	if t.began && n <= t.now {
+		n = t.now + 1
+	}
+	t.now, t.began = n, true
 	t.cur = PollResult{}
 }
 
 // rebase moves the epoch d nanoseconds later, so that times stay within
-// what a slot can hold (about 9 years either side of the epoch).
+// what a slot holds (maxTime, about 104 days, either side of the epoch).
 func (t *Tracker) rebase(d int64) {
-	t.epoch = t.epoch.Add(time.Duration(d))
+	t.epoch += d
 	t.now -= d
-	t.prevPoll -= d
+	for i := range t.complete {
+		t.complete[i] -= d
+	}
 	t.sockets.each(func(e entry) (entry, bool) {
 		e.entered -= d
-		e.lastSeen = max(e.lastSeen-d, -maxTime) // seen years before: near enough
+		e.lastSeen = max(e.lastSeen-d, -maxTime) // seen that long before: near enough
 		return e, true
 	})
 }
 
 func mid(a, b int64) int64 { return a + (b-a)/2 }
 
-// observation is what the tracker needs of one socket of a dump.
-type observation struct {
-	cookie  uint64
-	expires uint32
-	state   State
-	timer   uint8
-}
-
-// batchLen is how many observations are applied together.
+// batchLen is how many observations ObserveBatch applies together at most.
 const batchLen = 32
 
-// Observe applies one socket of the dump and returns its documented state,
-// or false for a kernel state with no documented name (counted, not
-// tracked). It never allocates once the tracker has grown to the socket
-// population.
-func (t *Tracker) Observe(s *netlinkdiag.Socket) (State, bool) {
-	st, ok := FromKernel(s.State)
-	if !ok {
-		t.cur.Unknown++
-		return 0, false
-	}
-	fam := IPv4
-	if s.Family == syscall.AF_INET6 {
-		fam = IPv6
-	}
-	t.cur.Sockets[fam][st]++
-	t.pending[t.npending] = observation{cookie: s.Cookie, expires: s.Expires, state: st, timer: s.Timer}
-	t.npending++
-	if t.npending == batchLen {
-		t.flush()
-	}
-	return st, true
-}
+// BatchLen is the most observations one ObserveBatch call takes.
+const BatchLen = batchLen
 
-// flush applies the pending observations. At hundreds of thousands of
-// sockets nearly every table lookup misses the CPU caches, all the more
-// after the kernel's walk of its socket tables between two batches: one
-// pass first touches every batch member's slot, with independent loads
-// that the CPU overlaps, so that the pass that applies them finds their
-// slots cached.
-func (t *Tracker) flush() {
-	obs := t.pending[:t.npending]
-	t.npending = 0
+// ObserveBatch applies up to BatchLen sockets of the dump under way, and
+// sets dup[i] when obs[i] repeats a socket the dump already reported (the
+// kernel repeats sockets when its tables change during the walk): such a
+// socket is counted and tracked once, from its first report. dup must be
+// at least as long as obs. It never allocates once the tracker has grown
+// to the socket population.
+//
+// At hundreds of thousands of sockets nearly every table lookup misses the
+// CPU caches: one pass first touches every observation's slot, with
+// independent loads that the CPU overlaps, so that the pass that applies
+// them finds their slots cached.
+func (t *Tracker) ObserveBatch(obs []Observation, dup []bool) {
+	if len(obs) > batchLen {
+		t.ObserveBatch(obs[:batchLen], dup[:batchLen])
+		t.ObserveBatch(obs[batchLen:], dup[batchLen:])
+		return
+	}
 	t.sockets.touch(obs)
 	for i := range obs {
-		t.apply(&obs[i])
+		dup[i] = !t.observe(&obs[i])
 	}
 }
 
-func (t *Tracker) apply(o *observation) {
-	st := o.state
-	ref, e, ok := t.sockets.lookup(o.cookie)
+// observe applies one observation and reports false for a duplicate.
+func (t *Tracker) observe(o *Observation) bool {
+	st := o.State
+	if st >= NumStates || o.Family >= NumFamilies {
+		t.cur.Unknown++
+		return true
+	}
+	ref, e, ok := t.sockets.lookup(o.Cookie)
 	switch {
-	case ok && e.state == st:
-		e.lastSeen = t.now
-		t.sockets.update(ref, e)
+	case ok && e.lastSeen == t.now:
+		// Reported again by this dump: the first report stands.
+		t.cur.Duplicates++
+		return false
 	case ok:
+		if e.misses > 0 {
+			t.cur.Skipped++
+		}
+		if e.state == st {
+			e.lastSeen, e.misses, e.family = t.now, 0, o.Family
+			t.sockets.update(ref, e)
+			break
+		}
 		// Leaving one state is entering the next.
-		at := t.entry(o, st, e.lastSeen, mid(e.lastSeen, t.now))
+		at, exact := t.entry(o, e.lastSeen, mid(e.lastSeen, t.now))
 		if !e.unknown && t.stay != nil {
 			t.stay(e.state, time.Duration(at-e.entered))
 		}
 		t.transitions[e.state][st]++
-		t.sockets.update(ref, entry{entered: at, lastSeen: t.now, state: st})
+		t.sockets.update(ref, entry{entered: at, lastSeen: t.now, state: st, family: o.Family, exact: exact})
 	case t.sockets.len() >= t.max:
 		t.cur.Untracked++
-		return
 	case !t.started || t.saturated:
 		// Present before tracking began (or perhaps untracked until now):
 		// the start is unknown unless a kernel timer pins it.
-		n := entry{entered: t.now, lastSeen: t.now, state: st, unknown: true}
-		if pinned, ok := t.pinned(o, st, -1<<62); ok {
-			n.entered, n.unknown = pinned, false
+		n := entry{entered: t.now, lastSeen: t.now, state: st, family: o.Family, unknown: true}
+		if pinned, ok := t.pinned(o, -1<<62); ok {
+			n.entered, n.unknown, n.exact = pinned, false, true
 		}
-		t.sockets.put(o.cookie, n)
+		t.sockets.put(o.Cookie, n)
 	default:
 		if st != Closed {
 			t.transitions[Closed][st]++
 		}
-		t.sockets.put(o.cookie, entry{entered: t.entry(o, st, t.prevPoll, mid(t.prevPoll, t.now)), lastSeen: t.now, state: st})
+		at, exact := t.entry(o, t.prevPoll(), mid(t.prevPoll(), t.now))
+		t.sockets.put(o.Cookie, entry{entered: at, lastSeen: t.now, state: st, family: o.Family, exact: exact})
 	}
+	t.cur.Sockets[o.Family][st]++
+	return true
 }
 
-// entry returns when a socket entered st: the midpoint guess, or the
+// prevPoll is the latest complete dump before the one being applied.
+func (t *Tracker) prevPoll() int64 { return t.complete[t.ncomplete%len(t.complete)] }
+
+// entry returns when a socket entered o.State: the midpoint guess, or the
 // kernel's own timer when it pins the moment within (after, now].
-func (t *Tracker) entry(o *observation, st State, after, guess int64) int64 {
-	if pinned, ok := t.pinned(o, st, after); ok {
-		return pinned
+func (t *Tracker) entry(o *Observation, after, guess int64) (int64, bool) {
+	if pinned, ok := t.pinned(o, after); ok {
+		return pinned, true
 	}
-	return guess
+	return guess, false
 }
 
-func (t *Tracker) pinned(o *observation, st State, after int64) (int64, bool) {
-	if st != TimeWait || o.timer != netlinkdiag.TimerTimeWait {
+func (t *Tracker) pinned(o *Observation, after int64) (int64, bool) {
+	if o.State != TimeWait || o.TimeWaitEnd == 0 {
 		return 0, false
 	}
-	at := t.now - int64(TimeWaitLifetime) + int64(o.expires)*int64(time.Millisecond)
+	at := o.TimeWaitEnd - t.epoch - int64(TimeWaitLifetime)
 	if at <= after || at > t.now {
 		return 0, false
 	}
 	return at, true
 }
 
-// Commit ends a complete dump: sockets it did not see have left their
-// state for CLOSED. It returns what the dump found.
+// Commit ends a complete dump. A socket it left out has closed if the
+// dumps before it left it out too (MissesToClose in all), or if it was in
+// TIME_WAIT and its timer has run out; it left at the midpoint after the
+// last dump that saw it (or when its timer ran out). Until then it is
+// counted in the state it was last seen in. Commit returns what the dump
+// found.
 func (t *Tracker) Commit() PollResult {
-	t.flush()
 	var oldest [NumStates]int64
 	var have [NumStates]bool
 	t.sockets.each(func(e entry) (entry, bool) {
 		if e.lastSeen != t.now {
-			leave := mid(e.lastSeen, t.now)
-			if !e.unknown && t.stay != nil && e.state != Closed {
-				t.stay(e.state, time.Duration(leave-e.entered))
+			e.misses++
+			if leave, gone := t.gone(e); gone {
+				if !e.unknown && t.stay != nil && e.state != Closed {
+					t.stay(e.state, time.Duration(leave-e.entered))
+				}
+				if e.state != Closed {
+					t.transitions[e.state][Closed]++
+				}
+				return e, false
 			}
-			if e.state != Closed {
-				t.transitions[e.state][Closed]++
-			}
-			return e, false
+			t.cur.Missing++
+			t.cur.Sockets[e.family][e.state]++
 		}
 		if !have[e.state] || e.entered < oldest[e.state] {
 			oldest[e.state], have[e.state] = e.entered, true
@@ -232,18 +303,75 @@ func (t *Tracker) Commit() PollResult {
 	t.cur.Tracked = t.sockets.len()
 	t.started = true
 	t.saturated = t.cur.Untracked > 0
-	t.prevPoll = t.now
+	t.ncomplete++
+	t.complete[t.ncomplete%len(t.complete)] = t.now
 	return t.cur
 }
 
-// Abort ends a dump that cannot be trusted to be whole (an error or an
-// interrupted dump). What it saw stands; nothing is inferred from what it
-// did not see. It returns what the partial dump found.
+// gone says whether a socket the dump being committed left out has closed,
+// and when it left. e.misses counts this dump.
+func (t *Tracker) gone(e entry) (leave int64, ok bool) {
+	if e.state == TimeWait && e.exact {
+		if end := e.entered + int64(TimeWaitLifetime); end <= t.now {
+			return max(end, e.lastSeen), true
+		}
+	}
+	if e.misses < MissesToClose {
+		return 0, false
+	}
+	// The first dump that missed it is the e.misses-th latest complete
+	// one, this one counted; the ring holds the ones before this.
+	first := t.now
+	if m := int(e.misses); m > 1 {
+		first = t.complete[(t.ncomplete-m+2+len(t.complete))%len(t.complete)]
+	}
+	return mid(e.lastSeen, first), true
+}
+
+// Abort ends a dump that cannot be trusted to be whole (an error). What it
+// saw stands; nothing is inferred from what it did not see, and it is not
+// a poll that later entry times are estimated from. It returns what the
+// partial dump found.
 func (t *Tracker) Abort() PollResult {
-	t.flush()
 	t.saturated = t.saturated || t.cur.Untracked > 0
-	t.prevPoll = t.now
 	return t.cur
+}
+
+// Apply applies one transition the kernel reported, at its exact time: the
+// stay in the state it left ends then, and the stay in the state it
+// entered begins then. A transition to CLOSED forgets the socket.
+func (t *Tracker) Apply(tr Transition) {
+	if tr.From >= NumStates || tr.To >= NumStates || tr.Family >= NumFamilies {
+		return
+	}
+	at := t.since(tr.At)
+	t.transitions[tr.From][tr.To]++
+	ref, e, ok := t.sockets.lookup(tr.Cookie)
+	if ok {
+		if e.state == tr.From && !e.unknown && t.stay != nil {
+			t.stay(e.state, time.Duration(at-e.entered))
+		}
+		if tr.To == Closed {
+			t.sockets.removeAt(ref)
+			return
+		}
+		// The event shows the socket there at its time: a dump that left
+		// it out before did not see it close.
+		t.sockets.update(ref, entry{entered: at, lastSeen: max(e.lastSeen, at), state: tr.To, family: tr.Family, exact: true})
+		return
+	}
+	if tr.To == Closed || t.sockets.len() >= t.max {
+		return
+	}
+	t.sockets.put(tr.Cookie, entry{entered: at, lastSeen: at, state: tr.To, family: tr.Family, exact: true})
+}
+
+// Exact reports whether the tracker knows cookie's entry into its state
+// from the kernel's own clock (an event or a TIME_WAIT timer) rather than
+// as a midpoint between polls, and whether it tracks the socket at all.
+func (t *Tracker) Exact(cookie uint64) (exact, tracked bool) {
+	_, e, ok := t.sockets.lookup(cookie)
+	return e.exact, ok
 }
 
 // Transitions returns the cumulative count of transitions between states,
@@ -256,7 +384,7 @@ func (t *Tracker) Transitions() [NumStates][NumStates]uint64 { return t.transiti
 func (t *Tracker) release() { t.sockets.release() }
 
 // Len returns the number of sockets tracked.
-func (t *Tracker) Len() int {
-	t.flush()
-	return t.sockets.len()
-}
+func (t *Tracker) Len() int { return t.sockets.len() }
+
+// A slot counts at most maxMisses misses.
+var _ [maxMisses - MissesToClose]struct{}

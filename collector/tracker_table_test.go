@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,130 +18,151 @@ import (
 )
 
 type mapEntry struct {
-	entered  int64
-	lastSeen int64
-	state    State
-	unknown  bool
+	entered, lastSeen int64
+	state             State
+	family            Family
+	unknown, exact    bool
+	misses            int
 }
 
-// mapTracker is the Tracker as it was, over a Go map.
+// mapTracker is the Tracker's specification, written plainly over a Go map
+// and a full history of complete polls.
 type mapTracker struct {
 	max     int
 	sockets map[uint64]mapEntry
 	stay    func(State, time.Duration)
 
-	epoch    time.Time
-	now      int64 // the poll being applied
-	prevPoll int64 // the last poll applied before it
-	started  bool  // a complete poll has been committed
-	// saturated: the last poll left sockets untracked, so a socket new to
-	// the tracker may be one that was there all along.
+	epoch     int64
+	hasEpoch  bool
+	now       int64
+	began     bool
+	complete  []int64 // every complete poll, oldest first
+	started   bool
 	saturated bool
 
 	cur         PollResult
 	transitions [NumStates][NumStates]uint64
 }
 
-// NewmapTracker returns a tracker that remembers at most max sockets and
-// reports each completed stay in a state (entry and exit both observed) to
-// stay, which may be nil.
 func newMapTracker(max int, stay func(State, time.Duration)) *mapTracker {
-	if max < 0 {
-		max = 0
-	}
 	return &mapTracker{max: max, sockets: make(map[uint64]mapEntry), stay: stay}
 }
 
-// Begin starts applying a dump taken at now.
-func (t *mapTracker) Begin(now time.Time) {
-	if t.epoch.IsZero() {
-		t.epoch = now
+func (t *mapTracker) rel(mono int64) int64 {
+	if !t.hasEpoch {
+		t.epoch, t.hasEpoch = mono, true
 	}
-	t.now = int64(now.Sub(t.epoch))
+	return mono - t.epoch
+}
+
+func (t *mapTracker) Begin(now int64) {
+	n := t.rel(now)
+	if t.began && n <= t.now {
+		n = t.now + 1
+	}
+	t.now, t.began = n, true
 	t.cur = PollResult{}
 }
 
-// Observe applies one socket of the dump. It never allocates once the map
-// has grown to the socket population.
-func (t *mapTracker) Observe(s *netlinkdiag.Socket) {
-	st, ok := FromKernel(s.State)
-	if !ok {
-		t.cur.Unknown++
-		return
+func (t *mapTracker) prevPoll() int64 {
+	if len(t.complete) == 0 {
+		return 0
 	}
-	fam := IPv4
-	if s.Family == syscall.AF_INET6 {
-		fam = IPv6
-	}
-	t.cur.Sockets[fam][st]++
+	return t.complete[len(t.complete)-1]
+}
 
-	e, ok := t.sockets[s.Cookie]
+func (t *mapTracker) pinned(o Observation, after int64) (int64, bool) {
+	if o.State != TimeWait || o.TimeWaitEnd == 0 {
+		return 0, false
+	}
+	at := o.TimeWaitEnd - t.epoch - int64(TimeWaitLifetime)
+	return at, at > after && at <= t.now
+}
+
+// Observe applies one observation and reports whether it was a repeat.
+func (t *mapTracker) Observe(o Observation) (dup bool) {
+	if o.State >= NumStates {
+		t.cur.Unknown++
+		return false
+	}
+	e, ok := t.sockets[o.Cookie]
 	switch {
-	case ok && e.state == st:
-		e.lastSeen = t.now
+	case ok && e.lastSeen == t.now:
+		t.cur.Duplicates++
+		return true
 	case ok:
-		// Leaving one state is entering the next.
-		at := t.entryAt(s, st, e.lastSeen, mid(e.lastSeen, t.now))
-		if !e.unknown && t.stay != nil {
+		if e.misses > 0 {
+			t.cur.Skipped++
+		}
+		if e.state == o.State {
+			e.lastSeen, e.misses, e.family = t.now, 0, o.Family
+			t.sockets[o.Cookie] = e
+			break
+		}
+		at, exact := mid(e.lastSeen, t.now), false
+		if p, ok := t.pinned(o, e.lastSeen); ok {
+			at, exact = p, true
+		}
+		if !e.unknown {
 			t.stay(e.state, time.Duration(at-e.entered))
 		}
-		t.transitions[e.state][st]++
-		e = mapEntry{entered: at, lastSeen: t.now, state: st}
+		t.transitions[e.state][o.State]++
+		t.sockets[o.Cookie] = mapEntry{entered: at, lastSeen: t.now, state: o.State, family: o.Family, exact: exact}
 	case len(t.sockets) >= t.max:
 		t.cur.Untracked++
-		return
 	case !t.started || t.saturated:
-		// Present before tracking began (or perhaps untracked until now):
-		// the start is unknown unless a kernel timer pins it.
-		e = mapEntry{entered: t.now, lastSeen: t.now, state: st, unknown: true}
-		if pinned, ok := t.pinned(s, st, -1<<62); ok {
-			e.entered, e.unknown = pinned, false
+		n := mapEntry{entered: t.now, lastSeen: t.now, state: o.State, family: o.Family, unknown: true}
+		if p, ok := t.pinned(o, -1<<62); ok {
+			n.entered, n.unknown, n.exact = p, false, true
 		}
+		t.sockets[o.Cookie] = n
 	default:
-		if st != Closed {
-			t.transitions[Closed][st]++
+		if o.State != Closed {
+			t.transitions[Closed][o.State]++
 		}
-		e = mapEntry{entered: t.entryAt(s, st, t.prevPoll, mid(t.prevPoll, t.now)), lastSeen: t.now, state: st}
+		at, exact := mid(t.prevPoll(), t.now), false
+		if p, ok := t.pinned(o, t.prevPoll()); ok {
+			at, exact = p, true
+		}
+		t.sockets[o.Cookie] = mapEntry{entered: at, lastSeen: t.now, state: o.State, family: o.Family, exact: exact}
 	}
-	t.sockets[s.Cookie] = e
+	t.cur.Sockets[o.Family][o.State]++
+	return false
 }
 
-// entry returns when a socket entered st: the midpoint guess, or the
-// kernel's own timer when it pins the moment within (after, now].
-func (t *mapTracker) entryAt(s *netlinkdiag.Socket, st State, after, guess int64) int64 {
-	if pinned, ok := t.pinned(s, st, after); ok {
-		return pinned
-	}
-	return guess
-}
-
-func (t *mapTracker) pinned(s *netlinkdiag.Socket, st State, after int64) (int64, bool) {
-	if st != TimeWait || s.Timer != netlinkdiag.TimerTimeWait {
-		return 0, false
-	}
-	at := t.now - int64(TimeWaitLifetime) + int64(s.Expires)*int64(time.Millisecond)
-	if at <= after || at > t.now {
-		return 0, false
-	}
-	return at, true
-}
-
-// Commit ends a complete dump: sockets it did not see have left their
-// state for CLOSED. It returns what the dump found.
 func (t *mapTracker) Commit() PollResult {
 	var oldest [NumStates]int64
 	var have [NumStates]bool
-	for cookie, e := range t.sockets {
+	for c, e := range t.sockets {
 		if e.lastSeen != t.now {
-			leave := mid(e.lastSeen, t.now)
-			if !e.unknown && t.stay != nil && e.state != Closed {
-				t.stay(e.state, time.Duration(leave-e.entered))
+			e.misses++
+			leave, gone := int64(0), false
+			if end := e.entered + int64(TimeWaitLifetime); e.state == TimeWait && e.exact && end <= t.now {
+				leave, gone = max(end, e.lastSeen), true
+			} else if e.misses >= MissesToClose {
+				// The first complete poll after the last sighting.
+				first := t.now
+				for _, p := range t.complete {
+					if p > e.lastSeen {
+						first = p
+						break
+					}
+				}
+				leave, gone = mid(e.lastSeen, first), true
 			}
-			if e.state != Closed {
-				t.transitions[e.state][Closed]++
+			if gone {
+				if !e.unknown && e.state != Closed {
+					t.stay(e.state, time.Duration(leave-e.entered))
+				}
+				if e.state != Closed {
+					t.transitions[e.state][Closed]++
+				}
+				delete(t.sockets, c)
+				continue
 			}
-			delete(t.sockets, cookie)
-			continue
+			t.sockets[c] = e
+			t.cur.Missing++
+			t.cur.Sockets[e.family][e.state]++
 		}
 		if !have[e.state] || e.entered < oldest[e.state] {
 			oldest[e.state], have[e.state] = e.entered, true
@@ -156,24 +176,38 @@ func (t *mapTracker) Commit() PollResult {
 	t.cur.Tracked = len(t.sockets)
 	t.started = true
 	t.saturated = t.cur.Untracked > 0
-	t.prevPoll = t.now
+	t.complete = append(t.complete, t.now)
 	return t.cur
 }
 
-// Abort ends a dump that cannot be trusted to be whole (an error or an
-// interrupted dump). What it saw stands; nothing is inferred from what it
-// did not see. It returns what the partial dump found.
 func (t *mapTracker) Abort() PollResult {
 	t.saturated = t.saturated || t.cur.Untracked > 0
-	t.prevPoll = t.now
 	return t.cur
 }
 
-// Transitions returns the cumulative count of transitions between states,
-// indexed [from][to].
+func (t *mapTracker) Apply(tr Transition) {
+	at := t.rel(tr.At)
+	t.transitions[tr.From][tr.To]++
+	e, ok := t.sockets[tr.Cookie]
+	if ok {
+		if e.state == tr.From && !e.unknown {
+			t.stay(e.state, time.Duration(at-e.entered))
+		}
+		if tr.To == Closed {
+			delete(t.sockets, tr.Cookie)
+			return
+		}
+		t.sockets[tr.Cookie] = mapEntry{entered: at, lastSeen: max(e.lastSeen, at), state: tr.To, family: tr.Family, exact: true}
+		return
+	}
+	if tr.To == Closed || len(t.sockets) >= t.max {
+		return
+	}
+	t.sockets[tr.Cookie] = mapEntry{entered: at, lastSeen: at, state: tr.To, family: tr.Family, exact: true}
+}
+
 func (t *mapTracker) Transitions() [NumStates][NumStates]uint64 { return t.transitions }
 
-// Len returns the number of sockets tracked.
 func (t *mapTracker) Len() int { return len(t.sockets) }
 
 // TestTrackerMatchesMapReference drives the Tracker and the map-based
@@ -196,7 +230,7 @@ func TestTrackerMatchesMapReference(t *testing.T) {
 			compareWithReference(t, tc.seed, tc.max, tc.pop, 0)
 		})
 	}
-	// Every 2^57 ns (4.5 years) the tracker moves its epoch: four jumps of
+	// Every 2^53 ns (104 days) the tracker moves its epoch: four jumps of
 	// half that between polls cross it twice, and would overflow a slot's
 	// times without the move.
 	t.Run("epoch-move", func(t *testing.T) {
@@ -243,7 +277,7 @@ func compareWithReference(t *testing.T, seed uint64, max, pop int, jump time.Dur
 	for range pop {
 		socks = append(socks, newSock())
 	}
-	now := time.Unix(1_700_000_000, 0)
+	now := int64(1_700_000_000) * int64(time.Second)
 	for poll := range 300 {
 		// Evolve: some vanish, some change state, some appear.
 		kept := socks[:0]
@@ -273,20 +307,36 @@ func compareWithReference(t *testing.T, seed uint64, max, pop int, jump time.Dur
 			socks = socks[:min(len(socks), pop/2)]
 		}
 		rng.Shuffle(len(socks), func(i, j int) { socks[i], socks[j] = socks[j], socks[i] })
-		// Duplicate cookies in one dump can happen (a socket moving buckets
-		// mid-walk); keep the first.
-		seen := map[uint64]bool{}
-		dump := socks[:0:0]
+		// The kernel's dumps skip sockets and repeat others when its
+		// tables change mid-walk: so do these.
+		var dump []netlinkdiag.Socket
 		for _, s := range socks {
-			if !seen[s.Cookie] {
-				seen[s.Cookie] = true
+			switch r := rng.IntN(100); {
+			case r < 3:
+				continue
+			case r < 5:
 				dump = append(dump, s)
 			}
+			dump = append(dump, s)
+		}
+		rng.Shuffle(len(dump), func(i, j int) { dump[i], dump[j] = dump[j], dump[i] })
+
+		// Between polls, some transitions arrive as events.
+		for range rng.IntN(5) {
+			now += int64(rng.IntN(100)) * int64(time.Millisecond)
+			ev := Transition{Family: Family(rng.IntN(2)), From: State(rng.IntN(NumStates)), To: State(rng.IntN(NumStates)), At: now}
+			if len(socks) > 0 && rng.IntN(4) > 0 {
+				ev.Cookie = socks[rng.IntN(len(socks))].Cookie
+			} else {
+				ev.Cookie = rng.Uint64()
+			}
+			tr.Apply(ev)
+			ref.Apply(ev)
 		}
 
-		now = now.Add(time.Duration(500+rng.IntN(1500)) * time.Millisecond)
+		now += int64(500+rng.IntN(1500)) * int64(time.Millisecond)
 		if poll == 150 || poll == 200 || poll == 250 || poll == 280 {
-			now = now.Add(jump)
+			now += int64(jump)
 		}
 		abort := rng.IntN(10) == 0
 		if abort {
@@ -294,10 +344,20 @@ func compareWithReference(t *testing.T, seed uint64, max, pop int, jump time.Dur
 		}
 		tr.Begin(now)
 		ref.Begin(now)
-		for i := range dump {
-			s := dump[i]
-			tr.Observe(&s)
-			ref.Observe(&dump[i])
+		for i := 0; i < len(dump); {
+			n := min(len(dump)-i, 1+rng.IntN(BatchLen))
+			obs := make([]Observation, n)
+			for k := range obs {
+				obs[k] = observation(&dump[i+k], now)
+			}
+			dup := make([]bool, n)
+			tr.ObserveBatch(obs, dup)
+			for k := range obs {
+				if want := ref.Observe(obs[k]); dup[k] != want {
+					t.Fatalf("poll %d: observation %+v repeat %v, map says %v", poll, obs[k], dup[k], want)
+				}
+			}
+			i += n
 		}
 		var res, wantRes PollResult
 		if abort {

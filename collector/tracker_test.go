@@ -28,25 +28,54 @@ type stay struct {
 type script struct {
 	t     *testing.T
 	tr    *Tracker
-	epoch time.Time
+	epoch int64 // the monotonic clock's reading at offset 0
 	stays []stay
+	dups  int // observations the tracker called repeats
 }
 
 func newScript(t *testing.T, max int) *script {
-	sc := &script{t: t, epoch: time.Unix(1_700_000_000, 0)}
+	sc := &script{t: t, epoch: 5_000_000_000_000}
 	sc.tr = NewTracker(max, func(s State, d time.Duration) { sc.stays = append(sc.stays, stay{s, d}) })
 	return sc
 }
 
+// observation turns a socket as a dump reports it, in a dump begun at
+// now, into what the tracker takes, as the poller does.
+func observation(s *netlinkdiag.Socket, now int64) Observation {
+	st, ok := FromKernel(s.State)
+	if !ok {
+		st = NumStates // not a state: counted as unknown
+	}
+	o := Observation{Cookie: s.Cookie, State: st}
+	if s.Family == unix.AF_INET6 {
+		o.Family = IPv6
+	}
+	if st == TimeWait && s.Timer == netlinkdiag.TimerTimeWait {
+		o.TimeWaitEnd = now + int64(s.Expires)*int64(time.Millisecond)
+	}
+	return o
+}
+
 func (sc *script) feed(at time.Duration, socks ...sock) {
-	sc.tr.Begin(sc.epoch.Add(at))
+	now := sc.epoch + int64(at)
+	sc.tr.Begin(now)
 	for _, k := range socks {
 		s := netlinkdiag.Socket{Family: unix.AF_INET, State: k.kstate, Cookie: k.cookie, Timer: k.timer, Expires: k.expires}
 		if k.v6 {
 			s.Family = unix.AF_INET6
 		}
-		sc.tr.Observe(&s)
+		o := []Observation{observation(&s, now)}
+		var dup [1]bool
+		sc.tr.ObserveBatch(o, dup[:])
+		if dup[0] {
+			sc.dups++
+		}
 	}
+}
+
+// apply applies a transition at the given offset from the epoch.
+func (sc *script) apply(at time.Duration, cookie uint64, from, to State) {
+	sc.tr.Apply(Transition{Cookie: cookie, From: from, To: to, At: sc.epoch + int64(at)})
 }
 
 // poll applies a complete dump taken at the given offset from the epoch.
@@ -101,8 +130,17 @@ func TestTrackerMidpoints(t *testing.T) {
 	if got, want := res.Oldest[Established], 2500*time.Millisecond; got != want {
 		t.Errorf("oldest ESTABLISHED = %v, want %v (entered at 1.5 s, now 4 s)", got, want)
 	}
-	// Gone between 4 s and 6 s: left ESTABLISHED at 5 s, a stay of 3.5 s.
+	// Missing at 6 s: not yet taken for closed, still counted and aging.
 	res = sc.poll(6 * time.Second)
+	if res.Missing != 1 || res.Sockets[IPv4][Established] != 1 || res.Oldest[Established] != 4500*time.Millisecond {
+		t.Errorf("after one miss: missing %d, ESTABLISHED %d, oldest %v; want 1, 1, 4.5s", res.Missing, res.Sockets[IPv4][Established], res.Oldest[Established])
+	}
+	if s := sc.takeStays(); len(s) != 0 {
+		t.Errorf("stays after one miss = %v, want none", s)
+	}
+	// Missing again at 8 s: gone, and it left between 4 s and 6 s, at
+	// 5 s: a stay of 3.5 s.
+	res = sc.poll(8 * time.Second)
 	if d := cmp.Diff([]stay{{Established, 3500 * time.Millisecond}}, sc.takeStays()); d != "" {
 		t.Errorf("stays after vanishing (-want +got)\n%s", d)
 	}
@@ -134,6 +172,7 @@ func TestTrackerUnknownStart(t *testing.T) {
 		t.Errorf("oldest CLOSE_WAIT = %v, want %v (entered at 12 s)", got, want)
 	}
 	sc.poll(15 * time.Second)
+	sc.poll(17 * time.Second)
 	if d := cmp.Diff([]stay{{CloseWait, 2 * time.Second}}, sc.takeStays()); d != "" {
 		t.Errorf("second stay (-want +got)\n%s", d)
 	}
@@ -180,6 +219,7 @@ func TestTrackerTimeWaitPinnedAtFirstPoll(t *testing.T) {
 	}
 	sc.poll(time.Second, sock{cookie: 3, kstate: kTimeWait, timer: netlinkdiag.TimerTimeWait, expires: 44_000})
 	sc.poll(2 * time.Second)
+	sc.poll(4 * time.Second)
 	// A pinned start is a known start: the stay counts.
 	if d := cmp.Diff([]stay{{TimeWait, 16500 * time.Millisecond}}, sc.takeStays()); d != "" {
 		t.Errorf("stays (-want +got)\n%s", d)
@@ -234,8 +274,13 @@ func TestTrackerMemoryBound(t *testing.T) {
 	if res.Sockets[IPv4][Established]+res.Sockets[IPv4][CloseWait] != 3 {
 		t.Errorf("untracked sockets must still be counted: %v", res.Sockets[IPv4])
 	}
-	// Room frees up only when the next complete dump shows sockets gone.
+	// Room frees up only when complete dumps show sockets gone: two
+	// misses, so the sockets missed once still hold their places.
 	res = sc.poll(2*time.Second, sock{cookie: 3, kstate: kCloseWait}, sock{cookie: 4, kstate: kCloseWait})
+	if res.Tracked != 2 || res.Untracked != 2 || res.Missing != 2 {
+		t.Errorf("while full: tracked %d untracked %d missing %d, want 2, 2 and 2", res.Tracked, res.Untracked, res.Missing)
+	}
+	res = sc.poll(2500*time.Millisecond, sock{cookie: 3, kstate: kCloseWait}, sock{cookie: 4, kstate: kCloseWait})
 	if res.Tracked != 0 || res.Untracked != 2 {
 		t.Errorf("while full: tracked %d untracked %d, want 0 and 2", res.Tracked, res.Untracked)
 	}
@@ -252,9 +297,11 @@ func TestTrackerMemoryBound(t *testing.T) {
 		{Closed, Established}: 2,
 		{Established, Closed}: 2,
 	})
-	// With room to spare again, new sockets are new.
+	// With room to spare again (socket 3 missing twice), new sockets are
+	// new.
 	sc.poll(4*time.Second, sock{cookie: 4, kstate: kCloseWait})
-	sc.poll(5*time.Second, sock{cookie: 4, kstate: kCloseWait}, sock{cookie: 5, kstate: kSynSent})
+	sc.poll(5*time.Second, sock{cookie: 4, kstate: kCloseWait})
+	sc.poll(6*time.Second, sock{cookie: 4, kstate: kCloseWait}, sock{cookie: 5, kstate: kSynSent})
 	if got := sc.tr.Transitions()[Closed][SynSend]; got != 1 {
 		t.Errorf("CLOSED->SYN_SEND = %d once no longer full, want 1", got)
 	}
@@ -324,5 +371,149 @@ func TestStateMapping(t *testing.T) {
 	}
 	if _, err := ParseState("ESTABLISHED2"); err == nil {
 		t.Error("ParseState accepted an unknown name")
+	}
+}
+
+// TestTrackerDuplicateCountedOnce: the kernel repeats a socket when one is
+// inserted ahead of it in its hash bucket between two batches of a dump.
+// The repeat is neither counted nor tracked again, whatever state it
+// reports.
+func TestTrackerDuplicateCountedOnce(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	res := sc.poll(time.Second,
+		sock{cookie: 1, kstate: kCloseWait},
+		sock{cookie: 2, kstate: kEstablished},
+		sock{cookie: 1, kstate: kCloseWait},
+		sock{cookie: 2, kstate: kFinWait2, v6: true},
+	)
+	var want Counts
+	want[IPv4][CloseWait] = 1
+	want[IPv4][Established] = 1
+	if d := cmp.Diff(want, res.Sockets); d != "" {
+		t.Errorf("counts (-want +got)\n%s", d)
+	}
+	if res.Duplicates != 2 || sc.dups != 2 || res.Tracked != 2 {
+		t.Errorf("duplicates %d (reported %d), tracked %d; want 2, 2, 2", res.Duplicates, sc.dups, res.Tracked)
+	}
+	sc.wantTransitions(map[[2]State]uint64{{Closed, CloseWait}: 1, {Closed, Established}: 1})
+	// The state change the repeat showed is picked up by the next dump.
+	sc.poll(2*time.Second, sock{cookie: 1, kstate: kCloseWait}, sock{cookie: 2, kstate: kFinWait2})
+	sc.wantTransitions(map[[2]State]uint64{{Closed, CloseWait}: 1, {Closed, Established}: 1, {Established, FinWait2}: 1})
+}
+
+// TestTrackerSkippedSocketIsNotClosed: a socket one complete dump leaves
+// out, and the next reports again, never closed: it stays counted in its
+// state, keeps its entry time, and no transition or stay is recorded.
+func TestTrackerSkippedSocketIsNotClosed(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	sc.poll(time.Second, sock{cookie: 1, kstate: kCloseWait}, sock{cookie: 2, kstate: kCloseWait})
+	res := sc.poll(2*time.Second, sock{cookie: 2, kstate: kCloseWait})
+	if res.Sockets[IPv4][CloseWait] != 2 || res.Missing != 1 || res.Oldest[CloseWait] != 1500*time.Millisecond {
+		t.Errorf("after a skip: CLOSE_WAIT %d, missing %d, oldest %v; want 2, 1, 1.5s", res.Sockets[IPv4][CloseWait], res.Missing, res.Oldest[CloseWait])
+	}
+	res = sc.poll(3*time.Second, sock{cookie: 1, kstate: kCloseWait}, sock{cookie: 2, kstate: kCloseWait})
+	if res.Sockets[IPv4][CloseWait] != 2 || res.Missing != 0 || res.Skipped != 1 || res.Oldest[CloseWait] != 2500*time.Millisecond {
+		t.Errorf("after it came back: CLOSE_WAIT %d, missing %d, skipped %d, oldest %v; want 2, 0, 1, 2.5s",
+			res.Sockets[IPv4][CloseWait], res.Missing, res.Skipped, res.Oldest[CloseWait])
+	}
+	if s := sc.takeStays(); len(s) != 0 {
+		t.Errorf("stays = %v, want none", s)
+	}
+	sc.wantTransitions(map[[2]State]uint64{{Closed, CloseWait}: 2})
+	// A socket skipped and then seen in another state changed state
+	// between the dumps on either side of the skip.
+	sc.poll(4*time.Second, sock{cookie: 2, kstate: kCloseWait})
+	sc.poll(5*time.Second, sock{cookie: 1, kstate: netlinkdiag.StateLastAck}, sock{cookie: 2, kstate: kCloseWait})
+	if d := cmp.Diff([]stay{{CloseWait, 3500 * time.Millisecond}}, sc.takeStays()); d != "" {
+		t.Errorf("stays (-want +got)\n%s", d)
+	}
+}
+
+// TestTrackerTimeWaitEndsWithItsTimer: a TIME_WAIT socket whose kernel
+// timer has run out is gone at once, at the time the timer ran out; one
+// missing before its time waits for a second miss like any other.
+func TestTrackerTimeWaitEndsWithItsTimer(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	tw := func(cookie uint64, expiresMS uint32) sock {
+		return sock{cookie: cookie, kstate: kTimeWait, timer: netlinkdiag.TimerTimeWait, expires: expiresMS}
+	}
+	// Entered TIME_WAIT at 0.5 s (59.5 s left at 1 s).
+	sc.poll(time.Second, tw(1, 59_500))
+	sc.poll(60*time.Second, tw(1, 500))
+	// At 61 s its timer has run out (at 60.5 s): gone at once, then.
+	res := sc.poll(61 * time.Second)
+	if d := cmp.Diff([]stay{{TimeWait, TimeWaitLifetime}}, sc.takeStays()); d != "" {
+		t.Errorf("stays at 61 s (-want +got)\n%s", d)
+	}
+	if res.Missing != 0 || res.Tracked != 0 || res.Sockets[IPv4][TimeWait] != 0 {
+		t.Errorf("after its timer ran out: missing %d, tracked %d, counted %d; want none", res.Missing, res.Tracked, res.Sockets[IPv4][TimeWait])
+	}
+	// One missing before its timer ran out (killed early by reuse or a
+	// reset, or skipped) waits for a second miss like any other.
+	sc2 := newScript(t, 100)
+	sc2.poll(0)
+	sc2.poll(time.Second, tw(1, 59_500))
+	res = sc2.poll(2 * time.Second)
+	if res.Missing != 1 || res.Sockets[IPv4][TimeWait] != 1 {
+		t.Errorf("TIME_WAIT missing before its timer ran out: missing %d, counted %d; want 1 and 1", res.Missing, res.Sockets[IPv4][TimeWait])
+	}
+	sc2.poll(3 * time.Second)
+	if d := cmp.Diff([]stay{{TimeWait, time.Second}}, sc2.takeStays()); d != "" {
+		t.Errorf("stays (-want +got)\n%s", d)
+	}
+}
+
+// TestTrackerAbortDoesNotMovePrevPoll: a socket first seen after an
+// aborted dump entered its state after the last complete dump, not after
+// the aborted one, which did not see the whole table.
+func TestTrackerAbortDoesNotMovePrevPoll(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	sc.feed(10 * time.Second)
+	sc.tr.Abort()
+	res := sc.poll(12*time.Second, sock{cookie: 1, kstate: kEstablished})
+	if got, want := res.Oldest[Established], 6*time.Second; got != want {
+		t.Errorf("oldest ESTABLISHED = %v, want %v (entered between 0 s and 12 s)", got, want)
+	}
+}
+
+// TestTrackerApplyExact: transitions the kernel reports are applied at
+// their own times: stays are exact, entry times are marked exact, and a
+// transition to CLOSED forgets the socket.
+func TestTrackerApplyExact(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	sc.apply(100*time.Millisecond, 9, Closed, SynSend)
+	sc.apply(100*time.Millisecond+1234*time.Microsecond, 9, SynSend, Established)
+	if exact, tracked := sc.tr.Exact(9); !exact || !tracked {
+		t.Errorf("Exact(9) = %v, %v; want true, true", exact, tracked)
+	}
+	res := sc.poll(time.Second, sock{cookie: 9, kstate: kEstablished})
+	if got, want := res.Oldest[Established], time.Second-101234*time.Microsecond; got != want {
+		t.Errorf("oldest ESTABLISHED = %v, want %v (the event's time)", got, want)
+	}
+	sc.apply(1500*time.Millisecond, 9, Established, CloseWait)
+	sc.apply(1500*time.Millisecond+250*time.Microsecond, 9, CloseWait, Closed)
+	want := []stay{
+		{SynSend, 1234 * time.Microsecond},
+		{Established, 1500*time.Millisecond - 101234*time.Microsecond},
+		{CloseWait, 250 * time.Microsecond},
+	}
+	if d := cmp.Diff(want, sc.takeStays()); d != "" {
+		t.Errorf("stays (-want +got)\n%s", d)
+	}
+	if _, tracked := sc.tr.Exact(9); tracked {
+		t.Error("socket still tracked after a transition to CLOSED")
+	}
+	sc.wantTransitions(map[[2]State]uint64{
+		{Closed, SynSend}: 1, {SynSend, Established}: 1, {Established, CloseWait}: 1, {CloseWait, Closed}: 1,
+	})
+	// A dump's midpoint is no exact entry.
+	sc.poll(2*time.Second, sock{cookie: 10, kstate: kEstablished})
+	if exact, tracked := sc.tr.Exact(10); exact || !tracked {
+		t.Errorf("Exact(10) = %v, %v; want false, true", exact, tracked)
 	}
 }

@@ -1,8 +1,11 @@
 package exporter
 
 import (
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -109,6 +112,9 @@ type Exporter struct {
 	tracked     *prometheus.Desc
 	untracked   *prometheus.Desc
 	lastPoll    *prometheus.Desc
+	unknown     *prometheus.Desc
+	missing     *prometheus.Desc
+	inconsist   *prometheus.Desc
 
 	namespaces    *prometheus.Desc
 	netnsPoll     *prometheus.Desc
@@ -138,15 +144,18 @@ func New(src SnapshotSource, h *Histograms, opts ...Option) *Exporter {
 		}
 		return d(name, help, labels...)
 	}
-	e.sockets = nd("sockets", "TCP sockets in each documented state at the latest complete poll.", "family", "state")
+	e.sockets = nd("sockets", "TCP sockets in each documented state at the latest complete poll, counting sockets that dump left out until a second dump confirms them closed (see tcpstate_missing_sockets).", "family", "state")
 	e.oldest = nd("oldest_in_state_seconds", "How long the longest-standing socket now in the state has been in it, as of the latest complete poll; 0 when no socket is in it. For sockets present when the exporter started it is a lower bound.", "state")
 	e.transitions = d("transitions_total", "State transitions observed between polls. Appearance counts as from CLOSED, disappearance as to CLOSED. Only pairs seen at least once are exported.", "from", "to")
 	e.polls = d("polls_total", "Polls attempted.")
-	e.errors = d("poll_errors_total", "Poll errors by reason; unknown_state counts sockets in a kernel state with no documented name.", "reason")
+	e.errors = d("poll_errors_total", "Polls that failed, by reason.", "reason")
 	e.overruns = d("poll_overruns_total", "Polls that took longer than the poll interval; the ticks they overran were skipped, not queued.")
 	e.tracked = d("tracked_sockets", "Sockets whose time in state is tracked.")
 	e.untracked = d("untracked_sockets", "Sockets counted but not tracked because --max-tracked-sockets was reached.")
 	e.lastPoll = d("last_poll_timestamp_seconds", "Unix time of the latest complete poll; 0 before the first.")
+	e.unknown = d("unknown_state_sockets", "Sockets the latest complete poll found in a kernel state with no documented name (a newer kernel's); counted in no state.")
+	e.missing = d("missing_sockets", "Sockets the latest complete dump left out that are not yet confirmed closed: a sock_diag dump skips sockets when the kernel's tables change during it, so a socket is taken for closed only when a second consecutive dump leaves it out too (or its TIME_WAIT timer has run out). They are counted in tcpstate_sockets in their last state.")
+	e.inconsist = d("dump_inconsistencies_total", "Inconsistencies in the kernel's dumps that were corrected, by kind: duplicate (a socket reported twice in one dump, counted once), skipped (a socket a complete dump left out that was still open: not taken for closed), interrupted (dumps the kernel flagged NLM_F_DUMP_INTR).", "kind")
 	e.namespaces = d("namespaces", "Network namespaces observed at the latest poll.")
 	e.netnsPoll = d("namespace_poll_duration_seconds", "Time the latest dump and tracking of each network namespace took.", "netns")
 	e.portSockets = nd("port_sockets", "Sockets by state and local port, for ports with a LISTEN socket (the server side of a service): the busiest --port.top ports by number, the rest as port=\"other\", sockets whose local port has no listener as port=\"none\". Only non-zero series are exported.", "state", "port")
@@ -162,7 +171,7 @@ func New(src SnapshotSource, h *Histograms, opts ...Option) *Exporter {
 
 func (e *Exporter) descs() []*prometheus.Desc {
 	ds := []*prometheus.Desc{e.sockets, e.oldest, e.transitions, e.polls, e.errors, e.overruns, e.tracked,
-		e.untracked, e.lastPoll, e.portSockets, e.queueLength, e.queueLimit, e.truncated}
+		e.untracked, e.lastPoll, e.unknown, e.missing, e.inconsist, e.portSockets, e.queueLength, e.queueLimit, e.truncated}
 	if e.perNetns {
 		ds = append(ds, e.namespaces, e.netnsPoll)
 	}
@@ -181,14 +190,27 @@ func (e *Exporter) Describe(ch chan<- *prometheus.Desc) {
 	e.hist.polls.Describe(ch)
 }
 
-// Collect implements prometheus.Collector.
+// Collect implements prometheus.Collector. It never panics on what it
+// publishes: label values are made valid UTF-8 (see LabelValue), and a
+// metric that still cannot be built is reported as that metric's error
+// while the rest are published.
 func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	s := e.src.Snapshot()
+	metric := func(d *prometheus.Desc, t prometheus.ValueType, v float64, labels []string) {
+		for i, l := range labels {
+			labels[i] = LabelValue(l)
+		}
+		m, err := prometheus.NewConstMetric(d, t, v, labels...)
+		if err != nil {
+			m = prometheus.NewInvalidMetric(d, err)
+		}
+		ch <- m
+	}
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+		metric(d, prometheus.GaugeValue, v, labels)
 	}
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+		metric(d, prometheus.CounterValue, float64(v), labels)
 	}
 	if e.perNetns {
 		gauge(e.namespaces, float64(len(s.Namespaces)))
@@ -214,6 +236,11 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	gauge(e.tracked, float64(s.Tracked))
 	gauge(e.untracked, float64(s.Untracked))
 	gauge(e.lastPoll, unixSeconds(s.Time))
+	gauge(e.unknown, float64(s.Unknown))
+	gauge(e.missing, float64(s.Missing))
+	for k := collector.Inconsistency(0); k < collector.NumInconsistencies; k++ {
+		counter(e.inconsist, s.Inconsistencies[k], k.String())
+	}
 	e.collectPorts(gauge, s.Ports)
 	if e.attr != nil {
 		e.collectProcesses(gauge, e.attr.Snapshot())
@@ -284,6 +311,27 @@ func (e *Exporter) collectProcesses(gauge gaugeFunc, a *collector.Attribution) {
 			}
 		}
 	}
+}
+
+// LabelValue returns v as a valid label value: v itself when it is valid
+// UTF-8, otherwise v with each byte that is not part of valid UTF-8
+// written as \xNN, so that distinct names stay distinct. Namespace names
+// under /run/netns and process names are bytes, not always UTF-8.
+func LabelValue(v string) string {
+	if utf8.ValidString(v) {
+		return v
+	}
+	var b strings.Builder
+	for len(v) > 0 {
+		r, n := utf8.DecodeRuneInString(v)
+		if r == utf8.RuneError && n == 1 {
+			fmt.Fprintf(&b, "\\x%02x", v[0])
+		} else {
+			b.WriteString(v[:n])
+		}
+		v = v[n:]
+	}
+	return b.String()
 }
 
 func unixSeconds(t time.Time) float64 {

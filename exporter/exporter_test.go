@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -28,7 +29,10 @@ func sample() *collector.Snapshot {
 	s.Oldest[collector.CloseWait] = 90 * time.Second
 	s.Oldest[collector.Established] = 1500 * time.Millisecond
 	s.Tracked, s.Untracked = 12, 4
-	s.Errors[collector.ReasonInterrupted] = 2
+	s.Errors[collector.ReasonUnsupported] = 2
+	s.Unknown, s.Missing = 1, 3
+	s.Inconsistencies[collector.InconsistencyDuplicate] = 5
+	s.Inconsistencies[collector.InconsistencySkipped] = 4
 	s.Transitions[collector.Established][collector.CloseWait] = 3
 	s.Transitions[collector.Closed][collector.SynSend] = 5
 	return s
@@ -49,7 +53,7 @@ func allStates(metric, extra string, v map[string]string) string {
 
 func TestCollectGauges(t *testing.T) {
 	e := New(fixed{sample()}, NewHistograms())
-	want := `# HELP tcpstate_sockets TCP sockets in each documented state at the latest complete poll.
+	want := `# HELP tcpstate_sockets TCP sockets in each documented state at the latest complete poll, counting sockets that dump left out until a second dump confirms them closed (see tcpstate_missing_sockets).
 # TYPE tcpstate_sockets gauge
 ` + allStates("tcpstate_sockets", `family="ipv4",`, map[string]string{"ESTABLISHED": "7", "CLOSE_WAIT": "3"}) +
 		allStates("tcpstate_sockets", `family="ipv6",`, map[string]string{"LISTEN": "2"}) + `# HELP tcpstate_oldest_in_state_seconds How long the longest-standing socket now in the state has been in it, as of the latest complete poll; 0 when no socket is in it. For sockets present when the exporter started it is a lower bound.
@@ -58,15 +62,14 @@ func TestCollectGauges(t *testing.T) {
 # TYPE tcpstate_transitions_total counter
 tcpstate_transitions_total{from="CLOSED",to="SYN_SEND"} 5
 tcpstate_transitions_total{from="ESTABLISHED",to="CLOSE_WAIT"} 3
-# HELP tcpstate_poll_errors_total Poll errors by reason; unknown_state counts sockets in a kernel state with no documented name.
+# HELP tcpstate_poll_errors_total Polls that failed, by reason.
 # TYPE tcpstate_poll_errors_total counter
 tcpstate_poll_errors_total{reason="dump"} 0
 tcpstate_poll_errors_total{reason="enobufs"} 0
-tcpstate_poll_errors_total{reason="interrupted"} 2
 tcpstate_poll_errors_total{reason="malformed"} 0
 tcpstate_poll_errors_total{reason="namespace"} 0
 tcpstate_poll_errors_total{reason="permission"} 0
-tcpstate_poll_errors_total{reason="unknown_state"} 0
+tcpstate_poll_errors_total{reason="unsupported"} 2
 # HELP tcpstate_polls_total Polls attempted.
 # TYPE tcpstate_polls_total counter
 tcpstate_polls_total 12
@@ -82,10 +85,22 @@ tcpstate_untracked_sockets 4
 # HELP tcpstate_last_poll_timestamp_seconds Unix time of the latest complete poll; 0 before the first.
 # TYPE tcpstate_last_poll_timestamp_seconds gauge
 tcpstate_last_poll_timestamp_seconds 1.7000000005e+09
+# HELP tcpstate_unknown_state_sockets Sockets the latest complete poll found in a kernel state with no documented name (a newer kernel's); counted in no state.
+# TYPE tcpstate_unknown_state_sockets gauge
+tcpstate_unknown_state_sockets 1
+# HELP tcpstate_missing_sockets Sockets the latest complete dump left out that are not yet confirmed closed: a sock_diag dump skips sockets when the kernel's tables change during it, so a socket is taken for closed only when a second consecutive dump leaves it out too (or its TIME_WAIT timer has run out). They are counted in tcpstate_sockets in their last state.
+# TYPE tcpstate_missing_sockets gauge
+tcpstate_missing_sockets 3
+# HELP tcpstate_dump_inconsistencies_total Inconsistencies in the kernel's dumps that were corrected, by kind: duplicate (a socket reported twice in one dump, counted once), skipped (a socket a complete dump left out that was still open: not taken for closed), interrupted (dumps the kernel flagged NLM_F_DUMP_INTR).
+# TYPE tcpstate_dump_inconsistencies_total counter
+tcpstate_dump_inconsistencies_total{kind="duplicate"} 5
+tcpstate_dump_inconsistencies_total{kind="interrupted"} 0
+tcpstate_dump_inconsistencies_total{kind="skipped"} 4
 `
 	names := []string{"tcpstate_sockets", "tcpstate_oldest_in_state_seconds", "tcpstate_transitions_total",
 		"tcpstate_poll_errors_total", "tcpstate_polls_total", "tcpstate_poll_overruns_total",
-		"tcpstate_tracked_sockets", "tcpstate_untracked_sockets", "tcpstate_last_poll_timestamp_seconds"}
+		"tcpstate_tracked_sockets", "tcpstate_untracked_sockets", "tcpstate_last_poll_timestamp_seconds",
+		"tcpstate_unknown_state_sockets", "tcpstate_missing_sockets", "tcpstate_dump_inconsistencies_total"}
 	if err := testutil.CollectAndCompare(e, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}
@@ -217,5 +232,59 @@ func TestScrapeErrorLog(t *testing.T) {
 	}
 	if !strings.Contains(out, "level=ERROR") || !strings.Contains(out, "collector failed") {
 		t.Errorf("a real error is not logged at error:\n%s", out)
+	}
+}
+
+// TestCollectNonUTF8Labels: namespace names under /run/netns and process
+// names are bytes. One that is not valid UTF-8 is published with its bad
+// bytes escaped, distinct from every other name, and every other metric
+// of the scrape is still there; Collect never panics.
+func TestCollectNonUTF8Labels(t *testing.T) {
+	s := withBreakdowns()
+	s.Namespaces = append(s.Namespaces,
+		collector.NamespaceResult{Name: "bad\xffns", Time: s.Time, PollResult: s.PollResult},
+		collector.NamespaceResult{Name: "bad\xfens", Time: s.Time, PollResult: s.PollResult})
+	row := collector.PortCount{Netns: "bad\xffns", Kind: collector.PortListening, Port: 9000}
+	row.Sockets[collector.CloseWait] = 2
+	s.Ports.Rows = append(s.Ports.Rows, row)
+	a := sampleAttribution()
+	odd := collector.ProcessCount{Kind: collector.ProcessNamed, Process: "java\xc3"}
+	odd.Sockets[collector.CloseWait] = 3
+	a.Rows = append(a.Rows, odd)
+
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(New(fixed{s}, NewHistograms(), WithNamespaces(), WithAttribution(fixedAttribution{a})))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	got := map[string]bool{}
+	families := map[string]bool{}
+	for _, mf := range mfs {
+		families[mf.GetName()] = true
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if !utf8.ValidString(l.GetValue()) {
+					t.Errorf("%s: label %s=%q is not UTF-8", mf.GetName(), l.GetName(), l.GetValue())
+				}
+				got[l.GetName()+"="+l.GetValue()] = true
+			}
+		}
+	}
+	for _, want := range []string{`netns=bad\xffns`, `netns=bad\xfens`, `netns=web`, `process=java\xc3`, `process=java`} {
+		if !got[want] {
+			t.Errorf("no series labelled %s", want)
+		}
+	}
+	for _, name := range []string{"tcpstate_sockets", "tcpstate_port_sockets", "tcpstate_process_sockets", "tcpstate_namespace_poll_duration_seconds", "tcpstate_last_poll_timestamp_seconds"} {
+		if !families[name] {
+			t.Errorf("%s missing from the scrape", name)
+		}
+	}
+	if got, want := LabelValue("a\xffb"), `a\xffb`; got != want {
+		t.Errorf("LabelValue = %q, want %q", got, want)
+	}
+	if got := LabelValue("ok-ünïcode"); got != "ok-ünïcode" {
+		t.Errorf("LabelValue changed a valid name: %q", got)
 	}
 }

@@ -198,7 +198,7 @@ func serve(o *options, logger *slog.Logger) error {
 	// The first poll runs before we listen, so a dump the kernel refuses
 	// stops us with its reason instead of serving empty metrics.
 	if err := poller.Poll(ctx); err != nil {
-		if errors.Is(err, os.ErrPermission) || errors.Is(err, os.ErrNotExist) {
+		if errors.Is(err, os.ErrPermission) || errors.Is(err, netlinkdiag.ErrNamespaceGone) || errors.Is(err, netlinkdiag.ErrUnsupported) {
 			return fmt.Errorf("first poll: %w", err)
 		}
 		logger.Warn("first poll failed; will retry", "err", err)

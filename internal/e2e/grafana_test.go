@@ -262,6 +262,7 @@ func TestGrafanaDashboard(t *testing.T) {
 		"tcpstate_listen_queue_limit", "tcpstate_breakdown_truncated_values",
 		"tcpstate_attribution_duration_seconds", "tcpstate_attribution_last_timestamp_seconds",
 		"tcpstate_attribution_denied_processes", "tcpstate_namespaces", "tcpstate_namespace_poll_duration_seconds",
+		"tcpstate_unknown_state_sockets", "tcpstate_missing_sockets", "tcpstate_dump_inconsistencies_total",
 	} {
 		if !metrics[m] {
 			t.Errorf("no panel shows %s", m)
