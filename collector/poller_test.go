@@ -185,3 +185,58 @@ func TestPollerRunStopsOnCancel(t *testing.T) {
 		t.Fatal("Run did not return after cancel")
 	}
 }
+
+// blockingDumper reports its sockets, then holds the dump until released.
+type blockingDumper struct {
+	socks    []netlinkdiag.Socket
+	inDump   chan struct{}
+	release  chan struct{}
+	released bool
+}
+
+func (b *blockingDumper) DumpTCP(ctx context.Context, _ netlinkdiag.Request, fn func(*netlinkdiag.Socket) error) error {
+	for i := range b.socks {
+		if err := fn(&b.socks[i]); err != nil {
+			return err
+		}
+	}
+	if !b.released {
+		b.inDump <- struct{}{}
+		<-b.release
+		b.released = true
+	}
+	return nil
+}
+
+// TestPollerDumpHoldsNoLock: what readers need from the poller (the
+// snapshot, the attribution inodes) comes from the published snapshot, so
+// a dump that takes long keeps no reader waiting.
+func TestPollerDumpHoldsNoLock(t *testing.T) {
+	cw := netlinkdiag.Socket{Family: syscall.AF_INET, State: netlinkdiag.StateCloseWait, Cookie: 5, Inode: 77}
+	d := &blockingDumper{socks: []netlinkdiag.Socket{cw}, inDump: make(chan struct{}), release: make(chan struct{}), released: true}
+	p := NewPoller(d, Config{MaxTracked: 10, AttributionStates: []State{CloseWait}})
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d.released = false
+	done := make(chan error)
+	go func() { done <- p.Poll(context.Background()) }()
+	<-d.inDump
+	read := make(chan []InodeState)
+	go func() {
+		_ = p.Snapshot()
+		read <- p.AttributionInodes(nil)
+	}()
+	select {
+	case got := <-read:
+		if len(got) != 1 || got[0] != (InodeState{77, CloseWait}) {
+			t.Errorf("attribution inodes during a dump = %v, want the last complete poll's [{77 CLOSE_WAIT}]", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("reading the poller waited for a dump")
+	}
+	close(d.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
