@@ -27,6 +27,9 @@ import (
 	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
 
+// TestMain removes the programs exportertest builds once the tests are done.
+func TestMain(m *testing.M) { exportertest.Main(m) }
+
 // clientIn returns an HTTP client whose connections are made inside the
 // network namespace at path, to reach an exporter listening on that
 // namespace's loopback.
@@ -330,12 +333,11 @@ func TestSlowClientIsCutOff(t *testing.T) {
 	t.Logf("cut off after %v with %q", took, b)
 }
 
-// TestBadWebConfig: a web config that cannot be used stops the exporter at
-// start-up with status 1 and one line naming the file.
-//
-// FAILS UNTIL FIXED (invalid YAML, unknown field, missing certificate,
-// bad password hash): main.go validates the file only when serving, and
-// exporter-toolkit's errors neither name it nor stay on one line.
+// TestBadWebConfig: a web config that cannot be used (a directory, invalid
+// YAML, an unknown field, a missing certificate, a bad password hash, and
+// as root a file the exporter's user may not read) stops the exporter at
+// start-up with status 1, and the last line it writes to stderr gives the
+// reason on one line and names the file.
 func TestBadWebConfig(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.Chmod(dir, 0o755); err != nil {

@@ -1,6 +1,7 @@
 // Package exportertest builds the tcpstate_exporter binary (and the other
 // programs of this module its tests run), runs it, and scrapes it, for tests
-// that exercise the real program end to end.
+// that exercise the real program end to end. A package that uses it calls
+// Main from its TestMain, which removes the builds when its tests are done.
 package exportertest
 
 import (
@@ -24,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,14 +47,83 @@ type build struct {
 	err  error
 }
 
+var (
+	// mainRuns is set once Main runs the package's tests.
+	mainRuns atomic.Bool
+
+	// buildRoot is the directory, named exportertest-*, that holds every
+	// build of this test process; "" until the first.
+	buildRoot   string
+	buildRootMu sync.Mutex
+)
+
+// Main runs the tests of a package that uses exportertest, then removes
+// whatever Build built for them, and exits with the tests' status. Every
+// such package calls it from its TestMain:
+//
+//	func TestMain(m *testing.M) { exportertest.Main(m) }
+//
+// The tests of a process share each build, so no single test's Cleanup may
+// remove it; Build fails any test of a package that does not call Main.
+func Main(m *testing.M) {
+	mainRuns.Store(true)
+	code := m.Run()
+	if err := removeBuilds(); err != nil {
+		fmt.Fprintf(os.Stderr, "exportertest: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// removeBuilds removes the directory holding this process's builds.
+func removeBuilds() error {
+	buildRootMu.Lock()
+	defer buildRootMu.Unlock()
+	if buildRoot == "" {
+		return nil
+	}
+	err := os.RemoveAll(buildRoot)
+	buildRoot = ""
+	return err
+}
+
+// buildDir makes a directory for one build, under this process's
+// exportertest-* directory. Both are open to every user.
+func buildDir(name string) (string, error) {
+	buildRootMu.Lock()
+	defer buildRootMu.Unlock()
+	if buildRoot == "" {
+		dir, err := os.MkdirTemp("", "exportertest-")
+		if err != nil {
+			return "", err
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			os.Remove(dir)
+			return "", err
+		}
+		buildRoot = dir
+	}
+	dir, err := os.MkdirTemp(buildRoot, name+"-")
+	if err != nil {
+		return "", err
+	}
+	return dir, os.Chmod(dir, 0o755)
+}
+
 // Build builds a program of this module once per test process and returns
 // its path. It runs `go args[0] -o PATH args[1:]...` from the module's root
 // with env added to the environment, for instance ("build",
 // "./internal/sockholder") or ("test", "-c", "./cmd/tcpstate_exporter"). The
 // program, named name, lands in a directory every user may enter, so that
-// tests can also run it as an unprivileged user.
+// tests can also run it as an unprivileged user. Main removes it once the
+// package's tests are done.
 func Build(t testing.TB, name string, env []string, args ...string) string {
 	t.Helper()
+	if !mainRuns.Load() {
+		t.Fatal("exportertest.Build: the package's TestMain must call exportertest.Main, which removes the builds once the tests are done")
+	}
 	key := strings.Join(append(append([]string{name}, env...), args...), "\x00")
 	v, _ := builds.LoadOrStore(key, new(build))
 	b := v.(*build)
@@ -67,11 +138,8 @@ func goBuild(name string, env, args []string) (string, error) {
 	if len(args) == 0 {
 		return "", errors.New("exportertest.Build: no go command")
 	}
-	dir, err := os.MkdirTemp("", name+"-")
+	dir, err := buildDir(name)
 	if err != nil {
-		return "", err
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
 		return "", err
 	}
 	path := filepath.Join(dir, name)
@@ -359,35 +427,55 @@ func ScrapeWith(t testing.TB, client *http.Client, url string) Metrics {
 // Find returns the metric of family name whose labels include all of
 // labels ("k=v" pairs), or nil.
 func (m Metrics) Find(name string, labels ...string) *dto.Metric {
-	f := m[name]
-	if f == nil {
-		return nil
-	}
-next:
-	for _, x := range f.GetMetric() {
-		for _, l := range labels {
-			k, v, _ := strings.Cut(l, "=")
-			found := false
-			for _, lp := range x.GetLabel() {
-				if lp.GetName() == k && lp.GetValue() == v {
-					found = true
-				}
-			}
-			if !found {
-				continue next
-			}
-		}
-		return x
+	if all := m.All(name, labels...); len(all) > 0 {
+		return all[0]
 	}
 	return nil
 }
 
+// All returns every metric of family name whose labels include all of
+// labels ("k=v" pairs).
+func (m Metrics) All(name string, labels ...string) []*dto.Metric {
+	f := m[name]
+	if f == nil {
+		return nil
+	}
+	var out []*dto.Metric
+next:
+	for _, x := range f.GetMetric() {
+		for _, l := range labels {
+			k, v, _ := strings.Cut(l, "=")
+			if !slices.ContainsFunc(x.GetLabel(), func(lp *dto.LabelPair) bool { return lp.GetName() == k && lp.GetValue() == v }) {
+				continue next
+			}
+		}
+		out = append(out, x)
+	}
+	return out
+}
+
 // Value returns the value of a gauge or counter (or -1 when absent).
 func (m Metrics) Value(name string, labels ...string) float64 {
-	x := m.Find(name, labels...)
+	if x := m.Find(name, labels...); x != nil {
+		return value(x)
+	}
+	return -1
+}
+
+// Values returns the values of every gauge or counter All returns.
+func (m Metrics) Values(name string, labels ...string) []float64 {
+	var out []float64
+	for _, x := range m.All(name, labels...) {
+		if v := value(x); v != -1 {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// value is a gauge's or counter's value, -1 for anything else.
+func value(x *dto.Metric) float64 {
 	switch {
-	case x == nil:
-		return -1
 	case x.Gauge != nil:
 		return x.Gauge.GetValue()
 	case x.Counter != nil:

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
@@ -92,5 +95,58 @@ func TestSampleProc(t *testing.T) {
 	st, err := Status(os.Getpid(), tids[0])
 	if err != nil || st["CapEff"] == "" {
 		t.Fatalf("Status of thread %d: %v, %v", tids[0], st, err)
+	}
+}
+
+func TestFDKinds(t *testing.T) {
+	// The runtime opens its poller with the first pollable file: before
+	// the count, not during it.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	w.Close()
+	before, err := FDKinds(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range [][3]int{
+		{unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_TCP},
+		{unix.AF_INET6, unix.SOCK_STREAM, unix.IPPROTO_TCP},
+		{unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_SOCK_DIAG},
+	} {
+		fd, err := unix.Socket(s[0], s[1]|unix.SOCK_CLOEXEC, s[2])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+	}
+	for _, path := range []string{"/proc/self/stat", "/proc/self/ns/net", "/dev/null"} {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+	}
+	r, w, err = os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	after, err := FDKinds(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for k, n := range after {
+		if d := n - before[k]; d != 0 {
+			got[k] = d
+		}
+	}
+	want := map[string]int{"socket:TCP": 1, "socket:TCPv6": 1, "socket:NETLINK": 1, "/proc": 1, "net": 1, "/dev/null": 1, "pipe": 2}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("descriptors opened, by kind (-want +got)\n%s", d)
 	}
 }

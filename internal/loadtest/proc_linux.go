@@ -8,27 +8,32 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // ProcSample is what /proc says about a process at one moment.
 type ProcSample struct {
-	FDs     int   // open file descriptors
-	Threads int   // OS threads
-	RSS     int64 // resident memory, bytes
+	FDs     int            // open file descriptors
+	FDKinds map[string]int // the same descriptors by kind, as FDKinds names them
+	Threads int            // OS threads
+	RSS     int64          // resident memory, bytes
 }
 
 // SampleProc reads the descriptors, threads and resident memory of pid.
 func SampleProc(pid int) (ProcSample, error) {
-	dir := filepath.Join("/proc", strconv.Itoa(pid))
-	fds, err := os.ReadDir(filepath.Join(dir, "fd"))
+	kinds, err := FDKinds(pid)
 	if err != nil {
-		return ProcSample{}, fmt.Errorf("loadtest: %w", err)
+		return ProcSample{}, err
 	}
 	st, err := Status(pid, 0)
 	if err != nil {
 		return ProcSample{}, err
 	}
-	s := ProcSample{FDs: len(fds)}
+	s := ProcSample{FDKinds: kinds}
+	for _, n := range kinds {
+		s.FDs += n
+	}
 	if s.Threads, err = strconv.Atoi(st["Threads"]); err != nil {
 		return ProcSample{}, fmt.Errorf("loadtest: /proc/%d/status Threads %q", pid, st["Threads"])
 	}
@@ -39,6 +44,62 @@ func SampleProc(pid int) (ProcSample, error) {
 	}
 	s.RSS = n << 10
 	return s, nil
+}
+
+// FDKinds counts the open descriptors of pid by what they are: "socket:"
+// and the protocol for a socket ("socket:TCP", "socket:MPTCP",
+// "socket:NETLINK"); "/proc" for /proc or any file under it; the type of
+// any other inode-only file, such as "pipe", or "net" for a network
+// namespace handle; the link otherwise ("/dev/null",
+// "anon_inode:[eventpoll]"). A descriptor closed while they are read is not
+// counted.
+func FDKinds(pid int) (map[string]int, error) {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("loadtest: %w", err)
+	}
+	kinds := map[string]int{}
+	for _, e := range ents {
+		if k, ok := fdKind(filepath.Join(dir, e.Name())); ok {
+			kinds[k]++
+		}
+	}
+	return kinds, nil
+}
+
+// fdKind says what the descriptor at path, such as /proc/PID/fd/3, is, as
+// FDKinds names it; ok is false when the descriptor is gone.
+func fdKind(path string) (kind string, ok bool) {
+	link, err := os.Readlink(path)
+	if err != nil {
+		return "", false
+	}
+	if link == "/proc" || strings.HasPrefix(link, "/proc/") {
+		return "/proc", true
+	}
+	typ, id, found := strings.Cut(link, ":[")
+	if !found || !strings.HasSuffix(id, "]") {
+		return link, true
+	}
+	if _, err := strconv.ParseUint(strings.TrimSuffix(id, "]"), 10, 64); err != nil {
+		return link, true
+	}
+	if typ != "socket" {
+		return typ, true
+	}
+	var buf [32]byte
+	n, err := unix.Getxattr(path, "system.sockprotoname", buf[:])
+	if err != nil {
+		// Closed since, its number perhaps taken by another file: not the
+		// socket we saw, nothing to count. Else a socket that does not
+		// say its protocol.
+		if again, err := os.Readlink(path); err != nil || again != link {
+			return "", false
+		}
+		return "socket", true
+	}
+	return "socket:" + strings.TrimRight(string(buf[:n]), "\x00"), true
 }
 
 // Status returns the fields of /proc/PID/status, or of

@@ -34,12 +34,13 @@ type Scrapers struct {
 
 // StartScrapers starts n clients that each GET url, read and parse the
 // whole exposition, and wait pause before the next scrape, until Stop.
-// client nil means a client with keep-alive and a 10 s timeout.
+// client nil means a client with keep-alive, at most n connections and a
+// 10 s timeout.
 func StartScrapers(url string, n int, pause time.Duration, client *http.Client) *Scrapers {
 	if client == nil {
 		client = &http.Client{
 			Timeout:   10 * time.Second,
-			Transport: &http.Transport{MaxIdleConnsPerHost: n},
+			Transport: &http.Transport{MaxIdleConnsPerHost: n, MaxConnsPerHost: n},
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
