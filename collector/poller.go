@@ -288,7 +288,7 @@ func (p *Poller) newTarget(ns Namespace, d Dumper, c DumpCloser) *target {
 			return nil
 		}
 		o := &t.batch[t.n]
-		*o = Observation{Cookie: s.Cookie, State: st}
+		o.Cookie, o.State, o.Family, o.TimeWaitEnd = s.Cookie, st, IPv4, 0
 		if s.Family == syscall.AF_INET6 {
 			o.Family = IPv6
 		}

@@ -44,6 +44,15 @@ const (
 	// maxMisses is the most misses a slot counts.
 	maxMisses = 3
 
+	// Where the fields sit in meta's low bits.
+	stateMask   = 0xf
+	unknownBit  = 1 << 4
+	exactBit    = 1 << 5
+	familyShift = 6
+	familyMask  = 1 << familyShift
+	missesShift = 7
+	missesMask  = maxMisses << missesShift
+
 	minSlots = 64
 )
 
@@ -52,22 +61,22 @@ func (s *slot) entry() entry {
 	return entry{
 		entered:  s.entered,
 		lastSeen: m >> metaBits,
-		state:    State(m & 0xf),
-		unknown:  m&(1<<4) != 0,
-		exact:    m&(1<<5) != 0,
-		family:   Family(m>>6) & 1,
-		misses:   uint8(m>>7) & maxMisses,
+		state:    State(m & stateMask),
+		unknown:  m&unknownBit != 0,
+		exact:    m&exactBit != 0,
+		family:   Family(m>>familyShift) & 1,
+		misses:   uint8(m>>missesShift) & maxMisses,
 	}
 }
 
 func (s *slot) set(e entry) {
 	s.entered = e.entered
-	m := e.lastSeen<<metaBits | int64(e.state&0xf) | int64(e.family&1)<<6 | int64(min(e.misses, maxMisses))<<7
+	m := e.lastSeen<<metaBits | int64(e.state&stateMask) | int64(e.family&1)<<familyShift | int64(min(e.misses, maxMisses))<<missesShift
 	if e.unknown {
-		m |= 1 << 4
+		m |= unknownBit
 	}
 	if e.exact {
-		m |= 1 << 5
+		m |= exactBit
 	}
 	s.meta = m
 }
@@ -127,6 +136,23 @@ func (t *table) lookup(cookie uint64) (at int, e entry, ok bool) {
 	return i, t.slots[i].entry(), true
 }
 
+// get returns the slot holding cookie, or nil.
+func (t *table) get(cookie uint64) *slot {
+	switch {
+	case cookie == 0:
+		if t.hasZero {
+			return &t.zero
+		}
+		return nil
+	case len(t.slots) == 0:
+		return nil
+	}
+	if i, ok := t.find(cookie); ok {
+		return &t.slots[i]
+	}
+	return nil
+}
+
 // update stores e where lookup found an entry.
 func (t *table) update(at int, e entry) {
 	if at < 0 {
@@ -164,12 +190,21 @@ func (t *table) put(cookie uint64, e entry) {
 // each calls fn with every entry and stores back the entry fn returns, or
 // removes it if fn returns false. Entries are visited once each.
 func (t *table) each(fn func(entry) (entry, bool)) {
-	if t.hasZero {
-		if e, keep := fn(t.zero.entry()); keep {
-			t.zero.set(e)
-		} else {
-			t.zero, t.hasZero = slot{}, false
+	t.sweep(func(s *slot) bool {
+		e, keep := fn(s.entry())
+		if keep {
+			s.set(e)
 		}
+		return keep
+	})
+}
+
+// sweep calls fn with every occupied slot, which fn may change in place
+// (but for its cookie), and removes the slot if fn returns false. Slots
+// are visited once each.
+func (t *table) sweep(fn func(*slot) bool) {
+	if t.hasZero && !fn(&t.zero) {
+		t.zero, t.hasZero = slot{}, false
 	}
 	if t.n == 0 {
 		return
@@ -185,12 +220,7 @@ func (t *table) each(fn func(entry) (entry, bool)) {
 	for k := 1; k <= len(t.slots); {
 		i := (start + k) & mask
 		s := &t.slots[i]
-		if s.cookie == 0 {
-			k++
-			continue
-		}
-		if e, keep := fn(s.entry()); keep {
-			s.set(e)
+		if s.cookie == 0 || fn(s) {
 			k++
 			continue
 		}

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"math"
 	"time"
 )
 
@@ -199,19 +200,33 @@ func (t *Tracker) observe(o *Observation) bool {
 		t.cur.Unknown++
 		return true
 	}
-	ref, e, ok := t.sockets.lookup(o.Cookie)
-	switch {
-	case ok && e.lastSeen == t.now:
-		// Reported again by this dump: the first report stands.
-		t.cur.Duplicates++
-		return false
+	s := t.sockets.get(o.Cookie)
+	if s != nil {
+		// The common case first: seen in the same state by the last dump.
+		m := s.meta
+		if m>>metaBits == t.now {
+			// Reported again by this dump: the first report stands.
+			t.cur.Duplicates++
+			return false
+		}
+		if m&(stateMask|missesMask|familyMask) == int64(st)|int64(o.Family)<<familyShift {
+			s.meta = t.now<<metaBits | m&(1<<metaBits-1)
+			t.cur.Sockets[o.Family][st]++
+			return true
+		}
+	}
+	var e entry
+	if s != nil {
+		e = s.entry()
+	}
+	switch ok := s != nil; {
 	case ok:
 		if e.misses > 0 {
 			t.cur.Skipped++
 		}
 		if e.state == st {
 			e.lastSeen, e.misses, e.family = t.now, 0, o.Family
-			t.sockets.update(ref, e)
+			s.set(e)
 			break
 		}
 		// Leaving one state is entering the next.
@@ -220,7 +235,7 @@ func (t *Tracker) observe(o *Observation) bool {
 			t.stay(e.state, time.Duration(at-e.entered))
 		}
 		t.transitions[e.state][st]++
-		t.sockets.update(ref, entry{entered: at, lastSeen: t.now, state: st, family: o.Family, exact: exact})
+		s.set(entry{entered: at, lastSeen: t.now, state: st, family: o.Family, exact: exact})
 	case t.sockets.len() >= t.max:
 		t.cur.Untracked++
 	case !t.started || t.saturated:
@@ -273,9 +288,21 @@ func (t *Tracker) pinned(o *Observation, after int64) (int64, bool) {
 // found.
 func (t *Tracker) Commit() PollResult {
 	var oldest [NumStates]int64
-	var have [NumStates]bool
-	t.sockets.each(func(e entry) (entry, bool) {
-		if e.lastSeen != t.now {
+	for i := range oldest {
+		oldest[i] = math.MaxInt64
+	}
+	t.sockets.sweep(func(s *slot) bool {
+		if m := s.meta; m>>metaBits != t.now {
+			st := State(m & stateMask)
+			if misses := (m&missesMask)>>missesShift + 1; misses < MissesToClose && (st != TimeWait || m&exactBit == 0) {
+				// Missed, not yet closed: the common case under churn.
+				s.meta = m + 1<<missesShift
+				t.cur.Missing++
+				t.cur.Sockets[(m>>familyShift)&1][st]++
+				oldest[st] = min(oldest[st], s.entered)
+				return true
+			}
+			e := s.entry()
 			e.misses++
 			if leave, gone := t.gone(e); gone {
 				if !e.unknown && t.stay != nil && e.state != Closed {
@@ -284,20 +311,20 @@ func (t *Tracker) Commit() PollResult {
 				if e.state != Closed {
 					t.transitions[e.state][Closed]++
 				}
-				return e, false
+				return false
 			}
+			s.set(e)
 			t.cur.Missing++
 			t.cur.Sockets[e.family][e.state]++
 		}
-		if !have[e.state] || e.entered < oldest[e.state] {
-			oldest[e.state], have[e.state] = e.entered, true
-		}
-		return e, true
+		st := State(s.meta & stateMask)
+		oldest[st] = min(oldest[st], s.entered)
+		return true
 	})
 	t.sockets.shrink()
-	for s := range oldest {
-		if have[s] {
-			t.cur.Oldest[s] = time.Duration(t.now - oldest[s])
+	for s, at := range oldest {
+		if at != math.MaxInt64 {
+			t.cur.Oldest[s] = time.Duration(t.now - at)
 		}
 	}
 	t.cur.Tracked = t.sockets.len()

@@ -69,7 +69,7 @@ func apply(t *Tracker, now int64, socks []netlinkdiag.Socket) PollResult {
 	for i := 0; i < len(socks); i += BatchLen {
 		n := min(BatchLen, len(socks)-i)
 		for k := range n {
-			obs[k] = observation(&socks[i+k], now)
+			setObservation(&obs[k], &socks[i+k], now)
 		}
 		t.ObserveBatch(obs[:n], dup[:n])
 	}

@@ -42,18 +42,24 @@ func newScript(t *testing.T, max int) *script {
 // observation turns a socket as a dump reports it, in a dump begun at
 // now, into what the tracker takes, as the poller does.
 func observation(s *netlinkdiag.Socket, now int64) Observation {
+	var o Observation
+	setObservation(&o, s, now)
+	return o
+}
+
+// setObservation is observation writing in place, as the poller does.
+func setObservation(o *Observation, s *netlinkdiag.Socket, now int64) {
 	st, ok := FromKernel(s.State)
 	if !ok {
 		st = NumStates // not a state: counted as unknown
 	}
-	o := Observation{Cookie: s.Cookie, State: st}
+	o.Cookie, o.State, o.Family, o.TimeWaitEnd = s.Cookie, st, IPv4, 0
 	if s.Family == unix.AF_INET6 {
 		o.Family = IPv6
 	}
 	if st == TimeWait && s.Timer == netlinkdiag.TimerTimeWait {
 		o.TimeWaitEnd = now + int64(s.Expires)*int64(time.Millisecond)
 	}
-	return o
 }
 
 func (sc *script) feed(at time.Duration, socks ...sock) {
