@@ -105,6 +105,10 @@ type Tracker struct {
 
 	cur         PollResult
 	transitions [NumStates][NumStates]uint64
+	// live counts the tracked sockets by the family and state the tracker
+	// holds them in, kept at every change, so that counts can follow
+	// events between dumps.
+	live Counts
 }
 
 // NewTracker returns a tracker that remembers at most max sockets and
@@ -225,6 +229,8 @@ func (t *Tracker) observe(o *Observation) bool {
 			t.cur.Skipped++
 		}
 		if e.state == st {
+			t.live[e.family][st]--
+			t.live[o.Family][st]++
 			e.lastSeen, e.misses, e.family = t.now, 0, o.Family
 			s.set(e)
 			break
@@ -235,6 +241,8 @@ func (t *Tracker) observe(o *Observation) bool {
 			t.stay(e.state, time.Duration(at-e.entered))
 		}
 		t.transitions[e.state][st]++
+		t.live[e.family][e.state]--
+		t.live[o.Family][st]++
 		s.set(entry{entered: at, lastSeen: t.now, state: st, family: o.Family, exact: exact})
 	case t.sockets.len() >= t.max:
 		t.cur.Untracked++
@@ -246,12 +254,14 @@ func (t *Tracker) observe(o *Observation) bool {
 			n.entered, n.unknown, n.exact = pinned, false, true
 		}
 		t.sockets.put(o.Cookie, n)
+		t.live[o.Family][st]++
 	default:
 		if st != Closed {
 			t.transitions[Closed][st]++
 		}
 		at, exact := t.entry(o, t.prevPoll(), mid(t.prevPoll(), t.now))
 		t.sockets.put(o.Cookie, entry{entered: at, lastSeen: t.now, state: st, family: o.Family, exact: exact})
+		t.live[o.Family][st]++
 	}
 	t.cur.Sockets[o.Family][st]++
 	return true
@@ -311,6 +321,7 @@ func (t *Tracker) Commit() PollResult {
 				if e.state != Closed {
 					t.transitions[e.state][Closed]++
 				}
+				t.live[e.family][e.state]--
 				return false
 			}
 			s.set(e)
@@ -378,10 +389,12 @@ func (t *Tracker) Apply(tr Transition) {
 		if e.state == tr.From && !e.unknown && t.stay != nil {
 			t.stay(e.state, time.Duration(at-e.entered))
 		}
+		t.live[e.family][e.state]--
 		if tr.To == Closed {
 			t.sockets.removeAt(ref)
 			return
 		}
+		t.live[tr.Family][tr.To]++
 		// The event shows the socket there at its time: a dump that left
 		// it out before did not see it close.
 		t.sockets.update(ref, entry{entered: at, lastSeen: max(e.lastSeen, at), state: tr.To, family: tr.Family, exact: true})
@@ -391,7 +404,14 @@ func (t *Tracker) Apply(tr Transition) {
 		return
 	}
 	t.sockets.put(tr.Cookie, entry{entered: at, lastSeen: at, state: tr.To, family: tr.Family, exact: true})
+	t.live[tr.Family][tr.To]++
 }
+
+// Live returns the tracked sockets by family and state as the tracker
+// holds them now: after a Commit, the dump's counts less the untracked
+// sockets; between dumps, as the transitions applied since have moved
+// them.
+func (t *Tracker) Live() Counts { return t.live }
 
 // Exact reports whether the tracker knows cookie's entry into its state
 // from the kernel's own clock (an event or a TIME_WAIT timer) rather than

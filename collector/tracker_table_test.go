@@ -210,6 +210,14 @@ func (t *mapTracker) Transitions() [NumStates][NumStates]uint64 { return t.trans
 
 func (t *mapTracker) Len() int { return len(t.sockets) }
 
+func (t *mapTracker) Live() Counts {
+	var c Counts
+	for _, e := range t.sockets {
+		c[e.family][e.state]++
+	}
+	return c
+}
+
 // TestTrackerMatchesMapReference drives the Tracker and the map-based
 // reference through the same random polls (growth, churn, state changes,
 // aborted partial dumps, the tracking limit, TIME_WAIT timers, cookie 0,
@@ -332,6 +340,9 @@ func compareWithReference(t *testing.T, seed uint64, max, pop int, jump time.Dur
 			}
 			tr.Apply(ev)
 			ref.Apply(ev)
+			if d := cmp.Diff(ref.Live(), tr.Live()); d != "" {
+				t.Fatalf("poll %d: live counts after %+v (-map +table)\n%s", poll, ev, d)
+			}
 		}
 
 		now += int64(500+rng.IntN(1500)) * int64(time.Millisecond)
@@ -373,6 +384,15 @@ func compareWithReference(t *testing.T, seed uint64, max, pop int, jump time.Dur
 		}
 		if tr.Len() != ref.Len() {
 			t.Fatalf("poll %d: Len %d, map %d", poll, tr.Len(), ref.Len())
+		}
+		if d := cmp.Diff(ref.Live(), tr.Live()); d != "" {
+			t.Fatalf("poll %d: live counts (-map +table)\n%s", poll, d)
+		}
+		if !abort {
+			want := res.Sockets
+			if res.Untracked == 0 && want != tr.Live() {
+				t.Fatalf("poll %d: live counts %v after a complete dump with nothing untracked, dump counted %v", poll, tr.Live(), want)
+			}
 		}
 		order := func(a, b stayRec) int { return stdcmp.Or(stdcmp.Compare(a.State, b.State), stdcmp.Compare(a.D, b.D)) }
 		slices.SortFunc(got, order)
