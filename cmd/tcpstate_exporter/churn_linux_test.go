@@ -311,9 +311,8 @@ func readSysctl(key string) (int, error) {
 // namespace at path, alternately IPv4 and IPv6, until the test ends: each
 // client connects and closes at once, and its accepted socket is kept open
 // and never closed. The clients go on to FIN_WAIT_2 and vanish.
-func holdCloseWait(t *testing.T, path string, n int) {
+func holdCloseWait(t *testing.T, path string, n int) (held []int) {
 	t.Helper()
-	var held []int
 	t.Cleanup(func() {
 		for _, fd := range held {
 			unix.Close(fd)
@@ -359,6 +358,7 @@ func holdCloseWait(t *testing.T, path string, n int) {
 	if err != nil {
 		t.Fatalf("hold %d CLOSE_WAIT sockets: %v", n, err)
 	}
+	return held
 }
 
 // churnListen listens on the loopback address of fam, on an ephemeral
@@ -386,4 +386,64 @@ func churnListen(fam int) (int, unix.Sockaddr, error) {
 		return -1, nil, fmt.Errorf("getsockname: %w", err)
 	}
 	return fd, sa, nil
+}
+
+// TestIntegrationCloseReportedAtSecondMiss measures what the two-miss rule
+// costs: a socket that closes is still counted (as missing) at the first
+// poll after its close, and reported closed at the second, so the close
+// shows between one and two poll intervals after it happened.
+func TestIntegrationCloseReportedAtSecondMiss(t *testing.T) {
+	netnstest.RequireRoot(t)
+	requireTool(t, "ip")
+	const interval = 500 * time.Millisecond
+	name, path := netnstest.New(t)
+	held := holdCloseWait(t, path, 1)
+	view, viewPath := netnstest.New(t)
+	p := exportertest.StartWith(t, exportertest.Options{Wrapper: netnstest.Exec(view)},
+		"--netns="+name, "--poll.interval="+interval.String())
+	client := clientIn(viewPath)
+	url := p.URL + "/metrics"
+	closes := func(m exportertest.Metrics) float64 {
+		return max(m.Value("tcpstate_transitions_total", "from=CLOSE_WAIT", "to=CLOSED"), 0)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		m := exportertest.ScrapeWith(t, client, url)
+		if m.Value("tcpstate_polls_total") >= 2 && churnSum(m, "tcpstate_sockets", "state=CLOSE_WAIT") == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the exporter never counted the CLOSE_WAIT socket")
+		}
+	}
+
+	closed := time.Now()
+	unix.Close(held[0]) // LAST_ACK, then gone once the peer's ACK comes back
+	sawMissing := false
+	for {
+		m := exportertest.ScrapeWith(t, client, url)
+		after := time.Since(closed)
+		if closes(m) == 1 {
+			t.Logf("close reported %v after it happened (poll interval %v); counted as missing in between: %v", after.Round(time.Millisecond), interval, sawMissing)
+			if after < interval*9/10 || after > 2*interval+400*time.Millisecond {
+				t.Errorf("close reported %v after it happened, want between one and two poll intervals (%v)", after, interval)
+			}
+			if n := churnSum(m, "tcpstate_sockets", "state=CLOSE_WAIT"); n != 0 {
+				t.Errorf("CLOSE_WAIT still counted %v after the close was reported", n)
+			}
+			break
+		}
+		if m.Value("tcpstate_missing_sockets") == 1 {
+			sawMissing = true
+			if n := churnSum(m, "tcpstate_sockets", "state=CLOSE_WAIT"); n != 1 {
+				t.Errorf("a socket missed once is counted in its last state: CLOSE_WAIT = %v, want 1", n)
+			}
+		}
+		if after > 5*interval {
+			t.Fatalf("no CLOSE_WAIT->CLOSED transition %v after the close", after)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !sawMissing {
+		t.Error("never saw the closed socket counted as missing before it was reported closed")
+	}
 }
