@@ -210,6 +210,33 @@ func (t *mapTracker) Transitions() [NumStates][NumStates]uint64 { return t.trans
 
 func (t *mapTracker) Len() int { return len(t.sockets) }
 
+func (t *mapTracker) Refresh(now int64) PollResult {
+	n := t.rel(now)
+	res := PollResult{}
+	var have [NumStates]bool
+	var oldest [NumStates]int64
+	for c, e := range t.sockets {
+		if end := e.entered + int64(TimeWaitLifetime); e.state == TimeWait && e.exact && end <= n {
+			if !e.unknown {
+				t.stay(TimeWait, TimeWaitLifetime)
+			}
+			t.transitions[TimeWait][Closed]++
+			delete(t.sockets, c)
+			continue
+		}
+		if !have[e.state] || e.entered < oldest[e.state] {
+			oldest[e.state], have[e.state] = e.entered, true
+		}
+	}
+	for s := range oldest {
+		if have[s] {
+			res.Oldest[s] = time.Duration(max(n-oldest[s], 0))
+		}
+	}
+	res.Sockets, res.Tracked = t.Live(), len(t.sockets)
+	return res
+}
+
 func (t *mapTracker) Live() Counts {
 	var c Counts
 	for _, e := range t.sockets {
@@ -342,6 +369,12 @@ func compareWithReference(t *testing.T, seed uint64, max, pop int, jump time.Dur
 			ref.Apply(ev)
 			if d := cmp.Diff(ref.Live(), tr.Live()); d != "" {
 				t.Fatalf("poll %d: live counts after %+v (-map +table)\n%s", poll, ev, d)
+			}
+		}
+		if rng.IntN(3) == 0 {
+			at := now + int64(rng.IntN(100))*int64(time.Millisecond)
+			if d := cmp.Diff(ref.Refresh(at), tr.Refresh(at)); d != "" {
+				t.Fatalf("poll %d: Refresh (-map +table)\n%s", poll, d)
 			}
 		}
 

@@ -523,3 +523,66 @@ func TestTrackerApplyExact(t *testing.T) {
 		t.Errorf("Exact(10) = %v, %v; want false, true", exact, tracked)
 	}
 }
+
+func TestKernelTransition(t *testing.T) {
+	k := func(old, new uint8, err uint16) KernelTransition {
+		return KernelTransition{At: 7, Cookie: 9, Netns: 4026531840, Family: unix.AF_INET6, Old: old, New: new, Err: err}
+	}
+	for _, c := range []struct {
+		name     string
+		in       KernelTransition
+		from, to State
+		ok       bool
+	}{
+		{"connect", k(netlinkdiag.StateClose, kSynSent, 0), Closed, SynSend, true},
+		{"handshake done", k(kSynSent, kEstablished, 0), SynSend, Established, true},
+		{"child of a listener", k(netlinkdiag.StateListen, netlinkdiag.StateSynRecv, 0), Closed, SynRcvd, true},
+		{"hand-over to TIME_WAIT", k(kFinWait2, netlinkdiag.StateClose, 0), FinWait2, TimeWait, true},
+		{"hand-over after simultaneous close", k(netlinkdiag.StateClosing, netlinkdiag.StateClose, 0), Closing, TimeWait, true},
+		{"reset in FIN_WAIT2", k(kFinWait2, netlinkdiag.StateClose, 104), FinWait2, Closed, true},
+		{"passive close done", k(netlinkdiag.StateLastAck, netlinkdiag.StateClose, 0), LastAck, Closed, true},
+		{"reset while established", k(kEstablished, netlinkdiag.StateClose, 104), Established, Closed, true},
+		{"undocumented state", k(kEstablished, 99, 0), 0, 0, false},
+	} {
+		tr, ok := c.in.Transition()
+		if ok != c.ok || ok && (tr.From != c.from || tr.To != c.to || tr.Cookie != 9 || tr.At != 7 || tr.Family != IPv6 || tr.Netns != 4026531840) {
+			t.Errorf("%s: %+v, %v; want %v -> %v, %v", c.name, tr, ok, c.from, c.to, c.ok)
+		}
+	}
+	if _, ok := (KernelTransition{Family: 99, Old: kEstablished, New: kCloseWait}).Transition(); ok {
+		t.Error("a transition of an unknown family was mapped")
+	}
+}
+
+// TestTrackerRefreshFollowsEvents: between dumps, counts and ages follow
+// the events, and a TIME_WAIT remnant, whose end emits nothing, is gone
+// when its timer runs out.
+func TestTrackerRefreshFollowsEvents(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0, sock{cookie: 1, kstate: kEstablished})
+	sc.apply(time.Second, 2, Closed, SynSend)
+	sc.apply(time.Second+time.Millisecond, 2, SynSend, Established)
+	sc.apply(2*time.Second, 2, Established, FinWait1)
+	sc.apply(2*time.Second+time.Millisecond, 2, FinWait1, FinWait2)
+	tr, _ := KernelTransition{At: sc.epoch + int64(3*time.Second), Cookie: 2, Family: unix.AF_INET, Old: kFinWait2, New: netlinkdiag.StateClose}.Transition()
+	sc.tr.Apply(tr)
+	res := sc.tr.Refresh(sc.epoch + int64(10*time.Second))
+	var want Counts
+	want[IPv4][Established] = 1
+	want[IPv4][TimeWait] = 1
+	if res.Sockets != want || res.Tracked != 2 || res.Oldest[TimeWait] != 7*time.Second || res.Oldest[Established] != 10*time.Second {
+		t.Errorf("at 10 s: %+v; want ESTABLISHED and TIME_WAIT, TIME_WAIT 7 s old", res)
+	}
+	res = sc.tr.Refresh(sc.epoch + int64(63*time.Second))
+	want[IPv4][TimeWait] = 0
+	if res.Sockets != want || res.Tracked != 1 || res.Oldest[TimeWait] != 0 {
+		t.Errorf("at 63 s, after the TIME_WAIT timer ran out: %+v", res)
+	}
+	if got := sc.takeStays(); got[len(got)-1] != (stay{TimeWait, TimeWaitLifetime}) {
+		t.Errorf("stays %v, want the last a full TIME_WAIT", got)
+	}
+	sc.wantTransitions(map[[2]State]uint64{
+		{Closed, SynSend}: 1, {SynSend, Established}: 1, {Established, FinWait1}: 1, {FinWait1, FinWait2}: 1,
+		{FinWait2, TimeWait}: 1, {TimeWait, Closed}: 1,
+	})
+}
