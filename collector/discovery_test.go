@@ -27,6 +27,9 @@ func (d *nsDumper) DumpTCP(ctx context.Context, req netlinkdiag.Request, fn func
 	if d.closed {
 		return errors.New("dump on a closed dumper")
 	}
+	if err := d.world.fails[d.id]; err != nil {
+		return err
+	}
 	socks, ok := d.world.sockets[d.id]
 	if !ok {
 		return fmt.Errorf("network namespace %s vanished: %w", d.path, netlinkdiag.ErrNamespaceGone)
@@ -46,6 +49,7 @@ type world struct {
 	names   map[uint64]string
 	paths   map[uint64]string
 	sockets map[uint64][]netlinkdiag.Socket
+	fails   map[uint64]error // a namespace's dumps fail so
 	dialed  []*nsDumper
 }
 
@@ -252,5 +256,49 @@ func TestPortBreakdown(t *testing.T) {
 	}
 	if got.Rows[0].Port != 8080 || got.Rows[1].Port != 22 {
 		t.Errorf("listening rows not ranked by socket count: %v", got.Rows[:2])
+	}
+}
+
+// TestDiscoveringPollerKeepsUnsupportedNamespace: a namespace whose kernel
+// answers ENOENT has no TCP diag handler; it has not vanished. It is kept,
+// and every failed poll of it is counted and returned, not dropped in
+// silence.
+func TestDiscoveringPollerKeepsUnsupportedNamespace(t *testing.T) {
+	w := &world{
+		names: map[uint64]string{1: "a", 2: "b"},
+		paths: map[uint64]string{1: "/a", 2: "/b"},
+		sockets: map[uint64][]netlinkdiag.Socket{
+			1: {sockAt(1, netlinkdiag.StateEstablished, 1)},
+			2: {sockAt(2, netlinkdiag.StateEstablished, 1)},
+		},
+		fails: map[uint64]error{2: fmt.Errorf("netlinkdiag: kernel answered the dump with NLMSG_ERROR ENOENT: %w", netlinkdiag.ErrUnsupported)},
+	}
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	p := NewDiscoveringPoller(w.discovery(), Config{MaxTracked: 10, Now: clock.Now})
+	for i := range 3 {
+		clock.now = clock.now.Add(time.Second)
+		if err := p.Poll(context.Background()); !errors.Is(err, netlinkdiag.ErrUnsupported) {
+			t.Fatalf("poll %d: err = %v, want the namespace's ErrUnsupported", i, err)
+		}
+	}
+	s := p.Snapshot()
+	if s.Errors[ReasonUnsupported] != 3 || s.Errors[ReasonNamespace] != 0 {
+		t.Errorf("errors %v, want 3 unsupported and no namespace errors", s.Errors)
+	}
+	for _, d := range w.dialed {
+		if d.closed {
+			t.Errorf("namespace %d was dropped", d.id)
+		}
+	}
+	if len(w.dialed) != 2 {
+		t.Errorf("%d namespaces opened, want 2, each once", len(w.dialed))
+	}
+	delete(w.fails, 2) // the module is loaded
+	clock.now = clock.now.Add(time.Second)
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := p.Snapshot(); len(s.Namespaces) != 2 || s.Sockets[IPv4][Established] != 2 {
+		t.Errorf("after the handler appeared: %d namespaces, %d ESTABLISHED; want 2 and 2", len(s.Namespaces), s.Sockets[IPv4][Established])
 	}
 }
