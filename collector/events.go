@@ -62,9 +62,9 @@ func (k KernelTransition) Transition() (Transition, bool) {
 
 // Refresh brings the tracker up to now between dumps, as events move it:
 // TIME_WAIT sockets whose timer has run out (their end emits no event) are
-// gone, at the moment it ran out. It returns the tracked sockets' counts,
-// oldest ages and number as of now; the counts leave out the sockets the
-// last dump found untracked.
+// gone, at the moment it ran out. It returns the counts, oldest ages and
+// tracked sockets as of now; the sockets the last complete dump counted
+// but could not track are counted as that dump found them.
 func (t *Tracker) Refresh(now int64) PollResult {
 	n := t.since(now)
 	var oldest [NumStates]int64
@@ -88,7 +88,12 @@ func (t *Tracker) Refresh(now int64) PollResult {
 		return true
 	})
 	t.sockets.shrink()
-	res := PollResult{Sockets: t.live, Tracked: t.sockets.len()}
+	res := PollResult{Sockets: t.live, Tracked: t.sockets.len(), Untracked: t.untrackedN}
+	for f := range res.Sockets {
+		for st := range res.Sockets[f] {
+			res.Sockets[f][st] += t.untracked[f][st]
+		}
+	}
 	for s, at := range oldest {
 		if at != math.MaxInt64 {
 			res.Oldest[s] = time.Duration(max(n-at, 0))

@@ -116,6 +116,7 @@ type Snapshot struct {
 	// sockets in the attribution states, as of the same dumps.
 	Inodes []InodeState
 
+	Events          uint64                       // kernel state changes applied (precise mode)
 	Polls           uint64                       // polls attempted
 	Errors          [NumReasons]uint64           // poll errors by reason
 	Overruns        uint64                       // polls that took longer than the interval
@@ -179,6 +180,10 @@ type Config struct {
 	// CLOCK_MONOTONIC (the clock of kernel event timestamps) when Now is
 	// nil too, and Now's reading otherwise.
 	Mono func() int64
+	// NetnsInode is the inode of the namespace a single-namespace Poller
+	// observes, to pick its kernel events from every namespace's; 0 takes
+	// them all.
+	NetnsInode uint64
 	// Logger receives poll failures and recoveries; nil discards them.
 	Logger *slog.Logger
 }
@@ -232,6 +237,7 @@ type Poller struct {
 	// The targets, their trackers and next are owned by the goroutine
 	// that polls; no lock is held across a dump.
 	targets []*target
+	byInode map[uint64]*target // targets by namespace inode, for events
 	next    Snapshot
 
 	snap atomic.Pointer[Snapshot]
@@ -412,13 +418,7 @@ func (p *Poller) pollTarget(ctx context.Context, t *target) error {
 	}
 	p.next.Inconsistencies[InconsistencyDuplicate] += uint64(res.Duplicates)
 	p.next.Inconsistencies[InconsistencySkipped] += uint64(res.Skipped)
-	tr := t.tracker.Transitions()
-	for from := range tr {
-		for to := range tr[from] {
-			p.next.Transitions[from][to] += tr[from][to] - t.seen[from][to]
-		}
-	}
-	t.seen = tr
+	p.countTransitions(t)
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
@@ -486,6 +486,7 @@ func (p *Poller) rediscover() error {
 			continue
 		}
 		p.targets = append(p.targets, p.newTarget(ns, d, d))
+		p.byInode = nil
 	}
 	return nil
 }
@@ -503,6 +504,9 @@ func (p *Poller) dropVanished() {
 		kept = append(kept, t)
 	}
 	clear(p.targets[len(kept):])
+	if len(kept) != len(p.targets) {
+		p.byInode = nil
+	}
 	p.targets = kept
 }
 
@@ -556,6 +560,75 @@ func (p *Poller) logTransition(t *target, err error) {
 		t.lastErr = err.Error()
 		p.cfg.Logger.Warn("poll failed; serving the last complete poll", "netns", t.ns.Name, "reason", Classify(err).String(), "err", err)
 	}
+}
+
+// ApplyEvents applies kernel state changes, each to the tracker of the
+// namespace it happened in; changes in namespaces the Poller does not
+// observe, and changes it cannot map, are left out. Like Poll, it must run
+// on the goroutine that owns the Poller. What it changes is published by
+// the next Publish or Poll.
+func (p *Poller) ApplyEvents(batch []KernelTransition) {
+	for i := range batch {
+		k := &batch[i]
+		t := p.eventTarget(uint64(k.Netns))
+		if t == nil {
+			continue
+		}
+		if tr, ok := k.Transition(); ok {
+			t.tracker.Apply(tr)
+			p.next.Events++
+		}
+	}
+}
+
+// eventTarget is the target that observes the namespace with inode ino.
+func (p *Poller) eventTarget(ino uint64) *target {
+	if p.discovery == nil {
+		if len(p.targets) == 1 && (p.cfg.NetnsInode == 0 || p.cfg.NetnsInode == ino) {
+			return p.targets[0]
+		}
+		return nil
+	}
+	if p.byInode == nil {
+		p.byInode = make(map[uint64]*target, len(p.targets))
+		for _, t := range p.targets {
+			p.byInode[t.ns.ID] = t
+		}
+	}
+	return p.byInode[ino]
+}
+
+// Publish publishes what events have changed since the last poll or
+// Publish, as of now: counts and ages as the trackers hold them (TIME_WAIT
+// remnants whose timer ran out gone), transitions as counted. The port
+// breakdown and attribution stay those of the last complete poll. Like
+// Poll, it must run on the goroutine that owns the Poller.
+func (p *Poller) Publish() {
+	wall, now := p.cfg.Now(), p.cfg.Mono()
+	for _, t := range p.targets {
+		if t.last.Time.IsZero() {
+			continue // nothing to start from until a complete dump
+		}
+		res := t.tracker.Refresh(now)
+		res.Unknown = t.last.Unknown
+		t.last.PollResult, t.last.Time = res, wall
+		p.countTransitions(t)
+	}
+	p.assemble()
+	snap := p.next
+	p.snap.Store(&snap)
+}
+
+// countTransitions adds what t's tracker counted since the last time to
+// the snapshot's transitions.
+func (p *Poller) countTransitions(t *target) {
+	tr := t.tracker.Transitions()
+	for from := range tr {
+		for to := range tr[from] {
+			p.next.Transitions[from][to] += tr[from][to] - t.seen[from][to]
+		}
+	}
+	t.seen = tr
 }
 
 // Run polls every Interval until ctx is done. A poll that takes longer than

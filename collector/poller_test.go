@@ -240,3 +240,85 @@ func TestPollerDumpHoldsNoLock(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPollerEventsBetweenDumps: kernel events move the counts, ages and
+// transitions a Publish shows between two dumps; events of other
+// namespaces are left out; the next dump agrees.
+func TestPollerEventsBetweenDumps(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	d := &fakeDumper{clock: clock, steps: []step{
+		{socks: []netlinkdiag.Socket{est(1)}},
+		{socks: []netlinkdiag.Socket{est(1), {Family: syscall.AF_INET, State: netlinkdiag.StateCloseWait, Cookie: 2}}},
+	}}
+	const ino = 4026532000
+	p := NewPoller(d, Config{MaxTracked: 10, Now: clock.Now, NetnsInode: ino})
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	at := func(d time.Duration) int64 { return clock.now.Add(d).UnixNano() }
+	ev := func(d time.Duration, cookie uint64, netns uint32, old, new uint8) KernelTransition {
+		return KernelTransition{At: at(d), Cookie: cookie, Netns: netns, Family: syscall.AF_INET, Old: old, New: new}
+	}
+	p.ApplyEvents([]KernelTransition{
+		ev(100*time.Millisecond, 2, ino, netlinkdiag.StateListen, netlinkdiag.StateSynRecv),
+		ev(101*time.Millisecond, 2, ino, netlinkdiag.StateSynRecv, netlinkdiag.StateEstablished),
+		ev(200*time.Millisecond, 2, ino, netlinkdiag.StateEstablished, netlinkdiag.StateCloseWait),
+		ev(200*time.Millisecond, 3, ino+1, netlinkdiag.StateClose, netlinkdiag.StateSynSent), // another namespace's
+	})
+	clock.now = clock.now.Add(500 * time.Millisecond)
+	p.Publish()
+	s := p.Snapshot()
+	if s.Sockets[IPv4][CloseWait] != 1 || s.Sockets[IPv4][Established] != 1 || s.Sockets[IPv4][SynSend] != 0 || s.Events != 3 {
+		t.Errorf("after events: sockets %v, events %d; want ESTABLISHED 1, CLOSE_WAIT 1, 3 events", s.Sockets[IPv4], s.Events)
+	}
+	if got := s.Oldest[CloseWait]; got != 300*time.Millisecond {
+		t.Errorf("oldest CLOSE_WAIT = %v, want 300ms (entered at the event)", got)
+	}
+	if s.Transitions[Closed][SynRcvd] != 1 || s.Transitions[SynRcvd][Established] != 1 || s.Transitions[Established][CloseWait] != 1 {
+		t.Errorf("transitions %v", s.Transitions)
+	}
+	if !s.Time.Equal(clock.now) {
+		t.Errorf("snapshot time %v, want the Publish's %v", s.Time, clock.now)
+	}
+	// The next dump sees what the events said: nothing changes.
+	clock.now = clock.now.Add(500 * time.Millisecond)
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s2 := p.Snapshot()
+	if s2.Sockets != s.Sockets || s2.Transitions != s.Transitions || s2.Oldest[CloseWait] != 800*time.Millisecond {
+		t.Errorf("after the dump: sockets %v, transitions changed %v, oldest CLOSE_WAIT %v", s2.Sockets[IPv4], s2.Transitions != s.Transitions, s2.Oldest[CloseWait])
+	}
+}
+
+// TestDiscoveringPollerRoutesEvents: with every namespace observed, each
+// event goes to the tracker of the namespace whose inode it carries.
+func TestDiscoveringPollerRoutesEvents(t *testing.T) {
+	w := &world{
+		names:   map[uint64]string{11: "a", 12: "b"},
+		paths:   map[uint64]string{11: "/a", 12: "/b"},
+		sockets: map[uint64][]netlinkdiag.Socket{11: nil, 12: nil},
+	}
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	p := NewDiscoveringPoller(w.discovery(), Config{MaxTracked: 10, Now: clock.Now})
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	at := clock.now.Add(10 * time.Millisecond).UnixNano()
+	p.ApplyEvents([]KernelTransition{
+		{At: at, Cookie: 1, Netns: 11, Family: syscall.AF_INET, Old: netlinkdiag.StateClose, New: netlinkdiag.StateSynSent},
+		{At: at, Cookie: 2, Netns: 12, Family: syscall.AF_INET6, Old: netlinkdiag.StateClose, New: netlinkdiag.StateListen},
+		{At: at, Cookie: 3, Netns: 13, Family: syscall.AF_INET, Old: netlinkdiag.StateClose, New: netlinkdiag.StateListen},
+	})
+	p.Publish()
+	got := map[string]Counts{}
+	for _, ns := range p.Snapshot().Namespaces {
+		got[ns.Name] = ns.Sockets
+	}
+	var a, b Counts
+	a[IPv4][SynSend] = 1
+	b[IPv6][Listen] = 1
+	if got["a"] != a || got["b"] != b || len(got) != 2 {
+		t.Errorf("per-namespace counts %v; want a: one SYN_SEND, b: one LISTEN (IPv6)", got)
+	}
+}

@@ -109,6 +109,10 @@ type Tracker struct {
 	// holds them in, kept at every change, so that counts can follow
 	// events between dumps.
 	live Counts
+	// untracked is what the last complete dump counted but could not
+	// track, by family and state.
+	untracked  Counts
+	untrackedN int
 }
 
 // NewTracker returns a tracker that remembers at most max sockets and
@@ -339,6 +343,12 @@ func (t *Tracker) Commit() PollResult {
 		}
 	}
 	t.cur.Tracked = t.sockets.len()
+	for f := range t.untracked {
+		for st := range t.untracked[f] {
+			t.untracked[f][st] = t.cur.Sockets[f][st] - t.live[f][st]
+		}
+	}
+	t.untrackedN = t.cur.Untracked
 	t.started = true
 	t.saturated = t.cur.Untracked > 0
 	t.ncomplete++

@@ -42,6 +42,8 @@ type mapTracker struct {
 
 	cur         PollResult
 	transitions [NumStates][NumStates]uint64
+	untracked   Counts // the last complete dump's untracked sockets
+	untrackedN  int
 }
 
 func newMapTracker(max int, stay func(State, time.Duration)) *mapTracker {
@@ -174,6 +176,13 @@ func (t *mapTracker) Commit() PollResult {
 		}
 	}
 	t.cur.Tracked = len(t.sockets)
+	live := t.Live()
+	for f := range t.untracked {
+		for st := range t.untracked[f] {
+			t.untracked[f][st] = t.cur.Sockets[f][st] - live[f][st]
+		}
+	}
+	t.untrackedN = t.cur.Untracked
 	t.started = true
 	t.saturated = t.cur.Untracked > 0
 	t.complete = append(t.complete, t.now)
@@ -233,7 +242,12 @@ func (t *mapTracker) Refresh(now int64) PollResult {
 			res.Oldest[s] = time.Duration(max(n-oldest[s], 0))
 		}
 	}
-	res.Sockets, res.Tracked = t.Live(), len(t.sockets)
+	res.Sockets, res.Tracked, res.Untracked = t.Live(), len(t.sockets), t.untrackedN
+	for f := range res.Sockets {
+		for st := range res.Sockets[f] {
+			res.Sockets[f][st] += t.untracked[f][st]
+		}
+	}
 	return res
 }
 
