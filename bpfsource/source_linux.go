@@ -1,0 +1,251 @@
+//go:build linux && (386 || amd64 || arm || arm64 || loong64 || mips64le || mipsle || ppc64le || riscv64)
+
+package bpfsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// IP protocols the program can be told to follow; only TCP outside tests.
+const (
+	ipprotoTCP   = unix.IPPROTO_TCP
+	ipprotoMPTCP = unix.IPPROTO_MPTCP
+)
+
+// source is the Linux implementation of Source.
+type source struct {
+	prog     *ebpf.Program
+	events   *ebpf.Map
+	lossMap  *ebpf.Map
+	link     link.Link
+	rd       *ringbuf.Reader
+	interval time.Duration
+
+	// mu guards closed and the kernel objects against Close.
+	mu     sync.Mutex
+	closed bool
+
+	// readMu lets one Read run at a time; batch and rec are its own.
+	readMu sync.Mutex
+	batch  []Event
+	rec    ringbuf.Record
+
+	malformed atomic.Uint64
+}
+
+// open loads the program, following sockets of the given IP protocol, and
+// attaches it.
+func open(opts Options, protocol uint16) (_ *source, err error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, openFailed("lift the locked-memory limit for BPF", err)
+	}
+	if _, err := btf.LoadKernelSpec(); err != nil {
+		return nil, openFailed("read the kernel's BTF", err)
+	}
+	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
+		return nil, openFailed("check for BPF ring buffers", err)
+	}
+	// No probe for tracing programs: cilium's loads an fentry program,
+	// which kernels in lockdown refuse (EPERM) though tp_btf loads.
+
+	spec, err := loadTcpstate()
+	if err != nil {
+		return nil, fmt.Errorf("bpfsource: parse the embedded BPF object: %w", err)
+	}
+	spec.Maps[tcpstateMapEvents].MaxEntries = uint32(opts.RingBytes)
+	if err := spec.Variables[tcpstateVarWakeupBytes].Set(uint64(opts.WakeupBytes)); err != nil {
+		return nil, fmt.Errorf("bpfsource: set the wakeup threshold: %w", err)
+	}
+	if err := spec.Variables[tcpstateVarProtocol].Set(protocol); err != nil {
+		return nil, fmt.Errorf("bpfsource: set the protocol: %w", err)
+	}
+
+	var objs struct {
+		tcpstatePrograms
+		tcpstateMaps
+	}
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		return nil, openFailed("load the BPF program", err)
+	}
+	s := &source{
+		prog:     objs.InetSockSetState,
+		events:   objs.Events,
+		lossMap:  objs.Losses,
+		interval: opts.ReadInterval,
+		batch:    make([]Event, batchEvents),
+	}
+	defer func() {
+		if err != nil {
+			_ = s.release()
+		}
+	}()
+	s.link, err = link.AttachTracing(link.TracingOptions{
+		Program:    s.prog,
+		AttachType: ebpf.AttachTraceRawTp,
+	})
+	if err != nil {
+		return nil, openFailed("attach to the inet_sock_set_state tracepoint", err)
+	}
+	s.rd, err = ringbuf.NewReader(s.events)
+	if err != nil {
+		return nil, openFailed("open the ring buffer", err)
+	}
+	return s, nil
+}
+
+// openFailed says which step of open failed and classifies the cause: a
+// missing kernel feature wraps ErrUnsupported, a refusal for privileges
+// os.ErrPermission. The verifier's rejection of the program, which may
+// carry EACCES, is neither: its errno is not passed on.
+func openFailed(step string, err error) error {
+	var verr *ebpf.VerifierError
+	switch {
+	case errors.Is(err, ebpf.ErrNotSupported), errors.Is(err, btf.ErrNotFound):
+		return &openError{step: step, kind: ErrUnsupported, err: err}
+	case errors.As(err, &verr) && len(verr.Log) > 0:
+		return &openError{step: step, err: errors.New(verr.Error())}
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return &openError{step: step, kind: os.ErrPermission, err: err,
+			hint: "; it needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"}
+	}
+	return &openError{step: step, err: err}
+}
+
+// openError is an error of open: the step that failed, its cause, and what
+// kind of failure it is (ErrUnsupported, os.ErrPermission, or nil).
+type openError struct {
+	step string
+	kind error
+	err  error
+	hint string
+}
+
+func (e *openError) Error() string {
+	return "bpfsource: " + e.step + ": " + e.err.Error() + e.hint
+}
+
+func (e *openError) Unwrap() []error {
+	if e.kind == nil {
+		return []error{e.err}
+	}
+	return []error{e.kind, e.err}
+}
+
+func (s *source) read(ctx context.Context, fn func([]Event)) error {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	// A flush makes a waiting ReadInto return what the ring holds, then
+	// ErrFlushed, so that the loop sees ctx end at once.
+	stop := context.AfterFunc(ctx, func() { _ = s.rd.Flush() })
+	defer stop()
+
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		// The deadline makes ReadInto return the records that are there
+		// without a wakeup, then os.ErrDeadlineExceeded.
+		s.rd.SetDeadline(time.Now().Add(s.interval))
+		err := s.readUntilDeadline(ctx, fn)
+		switch {
+		case err == nil, errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
+		case errors.Is(err, os.ErrClosed):
+			return fmt.Errorf("bpfsource: read: %w", os.ErrClosed)
+		case ctx.Err() != nil:
+			return err
+		default:
+			return fmt.Errorf("bpfsource: read the ring buffer: %w", err)
+		}
+	}
+}
+
+// readUntilDeadline hands batches to fn until ReadInto fails, as it does at
+// the reader's deadline, or until ctx ends, and returns that error. It
+// hands over a batch when it is full and when the ring has run dry.
+func (s *source) readUntilDeadline(ctx context.Context, fn func([]Event)) error {
+	n := 0
+	for {
+		if err := s.rd.ReadInto(&s.rec); err != nil {
+			if n > 0 {
+				fn(s.batch[:n])
+			}
+			return err
+		}
+		if !decodeRecord(s.rec.RawSample, &s.batch[n]) {
+			s.malformed.Add(1)
+			continue
+		}
+		n++
+		if n == len(s.batch) || s.rec.Remaining == 0 {
+			fn(s.batch[:n])
+			n = 0
+			// A busy ring may never run dry.
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *source) losses() (Losses, error) {
+	l := Losses{Malformed: s.malformed.Load()}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return l, fmt.Errorf("bpfsource: losses: %w", os.ErrClosed)
+	}
+	var perCPU []uint64
+	if err := s.lossMap.Lookup(uint32(0), &perCPU); err != nil {
+		return l, fmt.Errorf("bpfsource: read the loss counters: %w", err)
+	}
+	for _, n := range perCPU {
+		l.RingFull += n
+	}
+	stats, err := s.prog.Stats()
+	if err != nil {
+		return l, fmt.Errorf("bpfsource: read the program's statistics: %w", err)
+	}
+	l.RecursionMisses = stats.RecursionMisses
+	return l, nil
+}
+
+func (s *source) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.release()
+}
+
+// release closes the reader (a Read in progress returns), then detaches the
+// program and frees it and its maps.
+func (s *source) release() error {
+	var errs []error
+	if s.rd != nil {
+		errs = append(errs, s.rd.Close())
+	}
+	if s.link != nil {
+		errs = append(errs, s.link.Close())
+	}
+	errs = append(errs, s.prog.Close(), s.events.Close(), s.lossMap.Close())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("bpfsource: close: %w", err)
+	}
+	return nil
+}
