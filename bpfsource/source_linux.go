@@ -16,7 +16,6 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
-	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,9 +49,11 @@ type source struct {
 // open loads the program, following sockets of the given IP protocol, and
 // attaches it.
 func open(opts Options, protocol uint16) (_ *source, err error) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, openFailed("lift the locked-memory limit for BPF", err)
-	}
+	// No RLIMIT_MEMLOCK to lift: the kernels this program loads on
+	// (tp_btf with bpf_get_socket_cookie, 5.12 and later) charge BPF
+	// memory to the memory cgroup since 5.11. cilium's rlimit package
+	// would also create a probe map at every start of every binary that
+	// links it, precise mode or not.
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		return nil, openFailed("read the kernel's BTF", err)
 	}
