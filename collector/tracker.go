@@ -387,14 +387,28 @@ func (t *Tracker) Abort() PollResult {
 
 // Apply applies one transition the kernel reported, at its exact time: the
 // stay in the state it left ends then, and the stay in the state it
-// entered begins then. A transition to CLOSED forgets the socket.
+// entered begins then. A transition to CLOSED forgets the socket. A
+// transition into the state the tracker already holds the socket in (a
+// dump saw it first) is not counted again.
 func (t *Tracker) Apply(tr Transition) {
 	if tr.From >= NumStates || tr.To >= NumStates || tr.Family >= NumFamilies {
 		return
 	}
 	at := t.since(tr.At)
-	t.transitions[tr.From][tr.To]++
 	ref, e, ok := t.sockets.lookup(tr.Cookie)
+	if ok && e.state == tr.To && tr.To != Closed {
+		// A dump saw the socket there first, and counted its arrival: a
+		// request socket, which shares its cookie with the child that
+		// LISTEN->SYN_RECV announces and started SYN_RCVD earlier, or a
+		// change the dump caught before its event came. The event only
+		// pins the moment of a change between two states.
+		if tr.From != Closed && !e.exact {
+			e.entered, e.exact = at, true
+			t.sockets.update(ref, e)
+		}
+		return
+	}
+	t.transitions[tr.From][tr.To]++
 	if ok {
 		if e.state == tr.From && !e.unknown && t.stay != nil {
 			t.stay(e.state, time.Duration(at-e.entered))

@@ -196,8 +196,15 @@ func (t *mapTracker) Abort() PollResult {
 
 func (t *mapTracker) Apply(tr Transition) {
 	at := t.rel(tr.At)
-	t.transitions[tr.From][tr.To]++
 	e, ok := t.sockets[tr.Cookie]
+	if ok && e.state == tr.To && tr.To != Closed {
+		if tr.From != Closed && !e.exact {
+			e.entered, e.exact = at, true
+			t.sockets[tr.Cookie] = e
+		}
+		return
+	}
+	t.transitions[tr.From][tr.To]++
 	if ok {
 		if e.state == tr.From && !e.unknown {
 			t.stay(e.state, time.Duration(at-e.entered))

@@ -586,3 +586,33 @@ func TestTrackerRefreshFollowsEvents(t *testing.T) {
 		{FinWait2, TimeWait}: 1, {TimeWait, Closed}: 1,
 	})
 }
+
+// TestTrackerRequestSocketJoinsItsChild: a dump sees a request socket in
+// SYN_RCVD; its child, announced by LISTEN->SYN_RECV, has the same cookie
+// (pinned in bpfsource's tests). The arrival is counted once, and the
+// SYN_RCVD stay runs from the request socket's arrival, the SYN.
+func TestTrackerRequestSocketJoinsItsChild(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	sc.poll(time.Second, sock{cookie: 5, kstate: netlinkdiag.StateSynRecv})
+	child, ok := KernelTransition{At: sc.epoch + int64(1500*time.Millisecond), Cookie: 5, Family: unix.AF_INET,
+		Old: netlinkdiag.StateListen, New: netlinkdiag.StateSynRecv}.Transition()
+	if !ok {
+		t.Fatal("LISTEN->SYN_RECV not mapped")
+	}
+	sc.tr.Apply(child)
+	sc.apply(1600*time.Millisecond, 5, SynRcvd, Established)
+	if d := cmp.Diff([]stay{{SynRcvd, 1100 * time.Millisecond}}, sc.takeStays()); d != "" {
+		t.Errorf("stays (-want +got)\n%s", d)
+	}
+	sc.wantTransitions(map[[2]State]uint64{{Closed, SynRcvd}: 1, {SynRcvd, Established}: 1})
+	// A change a dump caught before its event: counted once, and the
+	// event pins when it happened.
+	sc.poll(3*time.Second, sock{cookie: 5, kstate: kCloseWait})
+	sc.apply(2200*time.Millisecond, 5, Established, CloseWait)
+	sc.wantTransitions(map[[2]State]uint64{{Closed, SynRcvd}: 1, {SynRcvd, Established}: 1, {Established, CloseWait}: 1})
+	res := sc.poll(4*time.Second, sock{cookie: 5, kstate: kCloseWait})
+	if got := res.Oldest[CloseWait]; got != 1800*time.Millisecond {
+		t.Errorf("oldest CLOSE_WAIT = %v, want 1.8s (entered at the event's 2.2 s)", got)
+	}
+}
