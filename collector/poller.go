@@ -122,6 +122,7 @@ type Snapshot struct {
 	Overruns        uint64                       // polls that took longer than the interval
 	Transitions     [NumStates][NumStates]uint64 // transitions seen, [from][to]
 	Inconsistencies [NumInconsistencies]uint64   // dump inconsistencies corrected, by kind
+	Corrections     [NumCorrections]uint64       // what dumps corrected of the events' picture, by kind (precise mode)
 }
 
 // NamespaceResult is one network namespace's part of a poll.
@@ -418,6 +419,9 @@ func (p *Poller) pollTarget(ctx context.Context, t *target) error {
 	}
 	p.next.Inconsistencies[InconsistencyDuplicate] += uint64(res.Duplicates)
 	p.next.Inconsistencies[InconsistencySkipped] += uint64(res.Skipped)
+	for k, n := range res.Corrections {
+		p.next.Corrections[k] += uint64(n)
+	}
 	p.countTransitions(t)
 	switch {
 	case err == nil:

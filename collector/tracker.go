@@ -73,6 +73,46 @@ type PollResult struct {
 	// Skipped counts sockets this dump reported that earlier complete
 	// dumps had left out: misses that were not closes.
 	Skipped int
+	// Corrections counts, once kernel events drive the tracker, what this
+	// dump found that the events had not said, by kind.
+	Corrections [NumCorrections]int
+}
+
+// Correction is a kind of disagreement between a dump and the kernel
+// events that drive the tracker: each means an event was lost, or a
+// change happened that emits none. In a healthy run there are none but
+// CorrectionHandover.
+type Correction uint8
+
+// The kinds of correction.
+const (
+	// CorrectionState: a dump found a socket in another state than its
+	// last event left it in.
+	CorrectionState Correction = iota
+	// CorrectionHandover: a dump found in FIN_WAIT2 a remnant that the
+	// hand-over rule had put in TIME_WAIT (an orphaned socket's remnant
+	// waits for the peer's FIN in FIN_WAIT2, and turns into TIME_WAIT
+	// without an event).
+	CorrectionHandover
+	// CorrectionUnannounced: a dump found a socket no event had announced
+	// (request sockets, which emit nothing, aside).
+	CorrectionUnannounced
+	// CorrectionVanished: two dumps missed a socket, not a TIME_WAIT
+	// remnant, whose close no event reported.
+	CorrectionVanished
+
+	// NumCorrections is the number of kinds.
+	NumCorrections = 4
+)
+
+var correctionNames = [NumCorrections]string{"state", "handover", "unannounced", "vanished"}
+
+// String returns the kind's label value.
+func (c Correction) String() string {
+	if c < NumCorrections {
+		return correctionNames[c]
+	}
+	return "unknown"
 }
 
 // Tracker remembers, per socket cookie, the documented state each socket is
@@ -113,6 +153,9 @@ type Tracker struct {
 	// track, by family and state.
 	untracked  Counts
 	untrackedN int
+	// events: kernel events drive the tracker, and a dump that disagrees
+	// with them is correcting it.
+	events bool
 }
 
 // NewTracker returns a tracker that remembers at most max sockets and
@@ -239,6 +282,13 @@ func (t *Tracker) observe(o *Observation) bool {
 			s.set(e)
 			break
 		}
+		if t.events && e.exact {
+			if e.state == TimeWait && st == FinWait2 {
+				t.cur.Corrections[CorrectionHandover]++
+			} else {
+				t.cur.Corrections[CorrectionState]++
+			}
+		}
 		// Leaving one state is entering the next.
 		at, exact := t.entry(o, e.lastSeen, mid(e.lastSeen, t.now))
 		if !e.unknown && t.stay != nil {
@@ -262,6 +312,9 @@ func (t *Tracker) observe(o *Observation) bool {
 	default:
 		if st != Closed {
 			t.transitions[Closed][st]++
+		}
+		if t.events && st != SynRcvd {
+			t.cur.Corrections[CorrectionUnannounced]++
 		}
 		at, exact := t.entry(o, t.prevPoll(), mid(t.prevPoll(), t.now))
 		t.sockets.put(o.Cookie, entry{entered: at, lastSeen: t.now, state: st, family: o.Family, exact: exact})
@@ -319,6 +372,11 @@ func (t *Tracker) Commit() PollResult {
 			e := s.entry()
 			e.misses++
 			if leave, gone := t.gone(e); gone {
+				if t.events && e.exact && e.state != TimeWait {
+					// A remnant's end emits nothing, early (reused,
+					// reset) or not: no event was lost.
+					t.cur.Corrections[CorrectionVanished]++
+				}
 				if !e.unknown && t.stay != nil && e.state != Closed {
 					t.stay(e.state, time.Duration(leave-e.entered))
 				}
@@ -394,6 +452,7 @@ func (t *Tracker) Apply(tr Transition) {
 	if tr.From >= NumStates || tr.To >= NumStates || tr.Family >= NumFamilies {
 		return
 	}
+	t.events = true
 	at := t.since(tr.At)
 	ref, e, ok := t.sockets.lookup(tr.Cookie)
 	if ok && e.state == tr.To && tr.To != Closed {

@@ -44,6 +44,7 @@ type mapTracker struct {
 	transitions [NumStates][NumStates]uint64
 	untracked   Counts // the last complete dump's untracked sockets
 	untrackedN  int
+	events      bool // Apply was called
 }
 
 func newMapTracker(max int, stay func(State, time.Duration)) *mapTracker {
@@ -101,6 +102,13 @@ func (t *mapTracker) Observe(o Observation) (dup bool) {
 			t.sockets[o.Cookie] = e
 			break
 		}
+		if t.events && e.exact {
+			if e.state == TimeWait && o.State == FinWait2 {
+				t.cur.Corrections[CorrectionHandover]++
+			} else {
+				t.cur.Corrections[CorrectionState]++
+			}
+		}
 		at, exact := mid(e.lastSeen, t.now), false
 		if p, ok := t.pinned(o, e.lastSeen); ok {
 			at, exact = p, true
@@ -121,6 +129,9 @@ func (t *mapTracker) Observe(o Observation) (dup bool) {
 	default:
 		if o.State != Closed {
 			t.transitions[Closed][o.State]++
+		}
+		if t.events && o.State != SynRcvd {
+			t.cur.Corrections[CorrectionUnannounced]++
 		}
 		at, exact := mid(t.prevPoll(), t.now), false
 		if p, ok := t.pinned(o, t.prevPoll()); ok {
@@ -153,6 +164,9 @@ func (t *mapTracker) Commit() PollResult {
 				leave, gone = mid(e.lastSeen, first), true
 			}
 			if gone {
+				if t.events && e.exact && e.state != TimeWait {
+					t.cur.Corrections[CorrectionVanished]++
+				}
 				if !e.unknown && e.state != Closed {
 					t.stay(e.state, time.Duration(leave-e.entered))
 				}
@@ -195,6 +209,7 @@ func (t *mapTracker) Abort() PollResult {
 }
 
 func (t *mapTracker) Apply(tr Transition) {
+	t.events = true
 	at := t.rel(tr.At)
 	e, ok := t.sockets[tr.Cookie]
 	if ok && e.state == tr.To && tr.To != Closed {

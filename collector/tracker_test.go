@@ -616,3 +616,52 @@ func TestTrackerRequestSocketJoinsItsChild(t *testing.T) {
 		t.Errorf("oldest CLOSE_WAIT = %v, want 1.8s (entered at the event's 2.2 s)", got)
 	}
 }
+
+// TestTrackerCorrectionsOfEvents: once events drive the tracker, what a
+// dump finds that they had not said is counted by kind; what events
+// cannot say (request sockets, remnants' ends) is not.
+func TestTrackerCorrectionsOfEvents(t *testing.T) {
+	sc := newScript(t, 100)
+	res := sc.poll(0, sock{cookie: 1, kstate: kEstablished})
+	if res.Corrections != ([NumCorrections]int{}) {
+		t.Fatalf("corrections before any event: %v", res.Corrections)
+	}
+	sc.apply(100*time.Millisecond, 2, Closed, SynSend)
+	sc.apply(101*time.Millisecond, 2, SynSend, Established) // then its close event is lost
+	sc.apply(200*time.Millisecond, 3, Closed, SynSend)
+	sc.apply(201*time.Millisecond, 3, SynSend, Established) // then its FIN_WAIT_1 event is lost
+	sc.apply(300*time.Millisecond, 4, Established, FinWait1)
+	sc.apply(301*time.Millisecond, 4, FinWait1, FinWait2)
+	tw, _ := KernelTransition{At: sc.epoch + int64(302*time.Millisecond), Cookie: 4, Family: unix.AF_INET, Old: kFinWait2, New: netlinkdiag.StateClose}.Transition()
+	sc.tr.Apply(tw) // the remnant waits in FIN_WAIT2
+	sc.apply(400*time.Millisecond, 6, Closed, SynSend)
+	sc.apply(401*time.Millisecond, 6, SynSend, Established)
+	sc.apply(402*time.Millisecond, 6, Established, FinWait1)
+	sc.apply(403*time.Millisecond, 6, FinWait1, FinWait2)
+	tw6, _ := KernelTransition{At: sc.epoch + int64(404*time.Millisecond), Cookie: 6, Family: unix.AF_INET, Old: kFinWait2, New: netlinkdiag.StateClose}.Transition()
+	sc.tr.Apply(tw6) // a remnant killed before its time
+
+	res = sc.poll(time.Second,
+		sock{cookie: 1, kstate: kEstablished},
+		sock{cookie: 3, kstate: netlinkdiag.StateFinWait1},
+		sock{cookie: 4, kstate: kFinWait2},
+		sock{cookie: 5, kstate: netlinkdiag.StateSynRecv}, // a request socket: no event expected
+		sock{cookie: 7, kstate: kEstablished},             // its events were lost
+	)
+	want := [NumCorrections]int{CorrectionState: 1, CorrectionHandover: 1, CorrectionUnannounced: 1}
+	if res.Corrections != want {
+		t.Errorf("first dump's corrections %v, want %v", res.Corrections, want)
+	}
+	res = sc.poll(2*time.Second,
+		sock{cookie: 1, kstate: kEstablished},
+		sock{cookie: 3, kstate: netlinkdiag.StateFinWait1},
+		sock{cookie: 4, kstate: kFinWait2},
+		sock{cookie: 5, kstate: netlinkdiag.StateSynRecv},
+		sock{cookie: 7, kstate: kEstablished},
+	)
+	// Socket 2 missed twice: its close was lost. Remnant 6's end is no loss.
+	want = [NumCorrections]int{CorrectionVanished: 1}
+	if res.Corrections != want {
+		t.Errorf("second dump's corrections %v, want %v", res.Corrections, want)
+	}
+}
