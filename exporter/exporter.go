@@ -92,6 +92,10 @@ type Option func(*Exporter)
 // poll cost; for a Poller that observes every namespace.
 func WithNamespaces() Option { return func(e *Exporter) { e.perNetns = true } }
 
+// WithMode publishes the mode the exporter runs in ("poll" or "precise")
+// as tcpstate_mode{mode}, and what precise mode counts of its events.
+func WithMode(mode string) Option { return func(e *Exporter) { e.mode = mode } }
+
 // WithAttribution publishes the process breakdown of a.
 func WithAttribution(a AttributionSource) Option { return func(e *Exporter) { e.attr = a } }
 
@@ -102,6 +106,7 @@ type Exporter struct {
 	hist     *Histograms
 	attr     AttributionSource
 	perNetns bool
+	mode     string
 
 	sockets     *prometheus.Desc
 	oldest      *prometheus.Desc
@@ -115,6 +120,9 @@ type Exporter struct {
 	unknown     *prometheus.Desc
 	missing     *prometheus.Desc
 	inconsist   *prometheus.Desc
+	modeDesc    *prometheus.Desc
+	events      *prometheus.Desc
+	corrections *prometheus.Desc
 
 	namespaces    *prometheus.Desc
 	netnsPoll     *prometheus.Desc
@@ -156,6 +164,9 @@ func New(src SnapshotSource, h *Histograms, opts ...Option) *Exporter {
 	e.unknown = d("unknown_state_sockets", "Sockets the latest complete poll found in a kernel state with no documented name (a newer kernel's); counted in no state.")
 	e.missing = d("missing_sockets", "Sockets the latest complete dump left out that are not yet confirmed closed: a sock_diag dump skips sockets when the kernel's tables change during it, so a socket is taken for closed only when a second consecutive dump leaves it out too (or its TIME_WAIT timer has run out). They are counted in tcpstate_sockets in their last state.")
 	e.inconsist = d("dump_inconsistencies_total", "Inconsistencies in the kernel's dumps that were corrected, by kind: duplicate (a socket reported twice in one dump, counted once), skipped (a socket a complete dump left out that was still open: not taken for closed), interrupted (dumps the kernel flagged NLM_F_DUMP_INTR).", "kind")
+	e.modeDesc = d("mode", "The mode the exporter runs in: poll (dumps every --poll.interval) or precise (kernel events, reconciled by dumps); 1 for the one in use.", "mode")
+	e.events = d("events_total", "Kernel TCP state changes applied in precise mode.")
+	e.corrections = d("reconcile_corrections_total", "In precise mode, what a reconciling dump found that the kernel's events had not said, by kind: state (another state than the last event left), handover (a remnant still in FIN_WAIT2 that the hand-over rule had put in TIME_WAIT), unannounced (a socket no event announced), vanished (a socket gone without its close event).", "kind")
 	e.namespaces = d("namespaces", "Network namespaces observed at the latest poll.")
 	e.netnsPoll = d("namespace_poll_duration_seconds", "Time the latest dump and tracking of each network namespace took.", "netns")
 	e.portSockets = nd("port_sockets", "Sockets by state and local port, for ports with a LISTEN socket (the server side of a service): the busiest --port.top ports by number, the rest as port=\"other\", sockets whose local port has no listener as port=\"none\". Only non-zero series are exported.", "state", "port")
@@ -174,6 +185,12 @@ func (e *Exporter) descs() []*prometheus.Desc {
 		e.untracked, e.lastPoll, e.unknown, e.missing, e.inconsist, e.portSockets, e.queueLength, e.queueLimit, e.truncated}
 	if e.perNetns {
 		ds = append(ds, e.namespaces, e.netnsPoll)
+	}
+	if e.mode != "" {
+		ds = append(ds, e.modeDesc)
+	}
+	if e.mode == "precise" {
+		ds = append(ds, e.events, e.corrections)
 	}
 	if e.attr != nil {
 		ds = append(ds, e.procSockets, e.attrDuration, e.attrTimestamp, e.attrDenied)
@@ -236,6 +253,15 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	gauge(e.tracked, float64(s.Tracked))
 	gauge(e.untracked, float64(s.Untracked))
 	gauge(e.lastPoll, unixSeconds(s.Time))
+	if e.mode != "" {
+		gauge(e.modeDesc, 1, e.mode)
+	}
+	if e.mode == "precise" {
+		counter(e.events, s.Events)
+		for k := collector.Correction(0); k < collector.NumCorrections; k++ {
+			counter(e.corrections, s.Corrections[k], k.String())
+		}
+	}
 	gauge(e.unknown, float64(s.Unknown))
 	gauge(e.missing, float64(s.Missing))
 	for k := collector.Inconsistency(0); k < collector.NumInconsistencies; k++ {

@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
+	"github.com/tcpstate/tcpstate_exporter/bpfsource"
 	"github.com/tcpstate/tcpstate_exporter/collector"
 	"github.com/tcpstate/tcpstate_exporter/exporter"
 	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
@@ -64,6 +65,8 @@ type options struct {
 	attrStates    []collector.State
 	attrInterval  time.Duration
 	attrTop       int
+	mode          string
+	dumpInterval  time.Duration
 	log           promslog.Config
 }
 
@@ -82,6 +85,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	attrStates := app.Flag("attribution.states", "Comma-separated TCP states whose sockets are attributed to processes (tcpstate_process_sockets); empty turns attribution off.").Default("CLOSE_WAIT").String()
 	attrInterval := app.Flag("attribution.interval", "How often to attribute sockets to processes by walking /proc/PID/fd.").Default("15s").String()
 	app.Flag("attribution.top", "Process names named in tcpstate_process_sockets; the rest are summed as process=\"other\".").Default("10").IntVar(&o.attrTop)
+	app.Flag("mode", "poll: dump the socket tables every --poll.interval. precise: follow every TCP state change through the kernel's inet_sock_set_state tracepoint (eBPF; needs CAP_BPF and CAP_PERFMON at start-up), dumping only every --precise.dump-interval to reconcile; in development. auto: precise where the kernel and privileges allow it, else poll.").Default("poll").EnumVar(&o.mode, "poll", "precise", "auto")
+	dumpInterval := app.Flag("precise.dump-interval", "In precise mode, how often to dump the socket tables to reconcile what the events built.").Default("30s").String()
 	o.log.Level = promslog.NewLevel()
 	o.log.Format = promslog.NewFormat()
 	flag.AddFlags(app, &o.log)
@@ -91,6 +96,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	var err error
 	if o.interval, err = time.ParseDuration(*interval); err != nil {
 		return nil, fmt.Errorf("--poll.interval=%s: not a duration such as 1s or 500ms", *interval)
+	}
+	if o.dumpInterval, err = time.ParseDuration(*dumpInterval); err != nil || o.dumpInterval < time.Second {
+		return nil, fmt.Errorf("--precise.dump-interval=%s: want a duration of at least 1s, such as 30s", *dumpInterval)
 	}
 	if o.attrInterval, err = time.ParseDuration(*attrInterval); err != nil {
 		return nil, fmt.Errorf("--attribution.interval=%s: not a duration such as 15s or 1m", *attrInterval)
@@ -173,14 +181,69 @@ func newPoller(o *options, cfg collector.Config) (*collector.Poller, []exporter.
 	return collector.NewPoller(conn, cfg), nil, func() { conn.Close() }, nil
 }
 
+// openEvents loads and attaches the BPF program in precise mode, and in
+// auto mode where the kernel and privileges allow it; it returns the mode
+// the exporter runs in.
+func openEvents(o *options, logger *slog.Logger) (*bpfsource.Source, string, error) {
+	if o.mode == "poll" {
+		return nil, "poll", nil
+	}
+	src, err := bpfsource.Open(bpfsource.Options{})
+	switch {
+	case err == nil:
+		return src, "precise", nil
+	case o.mode == "precise":
+		return nil, "", fmt.Errorf("--mode=precise: %w", err)
+	}
+	logger.Info("precise mode unavailable; polling", "reason", err)
+	return nil, "poll", nil
+}
+
+// namespaceInode is the inode of the network namespace --netns names (our
+// own for ""), which kernel events carry.
+func namespaceInode(netns string) (uint64, error) {
+	path := "/proc/self/ns/net"
+	switch {
+	case strings.Contains(netns, "/"):
+		path = netns
+	case netns != "":
+		path = "/run/netns/" + netns
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("network namespace %s: %w", path, err)
+	}
+	return st.Ino, nil
+}
+
 func serve(o *options, logger *slog.Logger) error {
 	logger.Info("starting", "version", version.Info(), "build", version.BuildContext())
 	if err := web.Validate(*o.web.WebConfigFile); err != nil {
 		return fmt.Errorf("--web.config.file=%s: %w", *o.web.WebConfigFile, err)
 	}
 	hist := exporter.NewHistograms()
+	// Precise mode attaches before the first dump, so that no change falls
+	// between the dump and the first event.
+	events, mode, err := openEvents(o, logger)
+	if err != nil {
+		return err
+	}
+	if events != nil {
+		defer events.Close()
+	}
+	interval := o.interval
+	var netnsInode uint64
+	if events != nil {
+		interval = o.dumpInterval
+		if o.netns != "all" {
+			if netnsInode, err = namespaceInode(o.netns); err != nil {
+				return err
+			}
+		}
+	}
 	poller, exporterOpts, closePoller, err := newPoller(o, collector.Config{
-		Interval:          o.interval,
+		Interval:          interval,
+		NetnsInode:        netnsInode,
 		MaxTracked:        o.maxTracked,
 		PortTop:           o.portTop,
 		AttributionStates: o.attrStates,
@@ -216,6 +279,7 @@ func serve(o *options, logger *slog.Logger) error {
 	}
 
 	reg := prometheus.NewRegistry()
+	exporterOpts = append(exporterOpts, exporter.WithMode(mode))
 	reg.MustRegister(
 		exporter.New(poller, hist, exporterOpts...),
 		versioncollector.NewCollector("tcpstate"),
@@ -248,7 +312,18 @@ func serve(o *options, logger *slog.Logger) error {
 		return fmt.Errorf("drop privileges: %w", err)
 	}
 	var background sync.WaitGroup
-	background.Go(func() { poller.Run(ctx) })
+	if events != nil {
+		feed := collector.NewFeed(8, 1024)
+		background.Go(func() {
+			err := events.Read(ctx, func(batch []bpfsource.Event) { _ = feed.Push(ctx, batch) })
+			if err != nil && ctx.Err() == nil {
+				logger.Error("reading kernel events stopped", "err", err)
+			}
+		})
+		background.Go(func() { poller.RunFeed(ctx, feed, time.Second) })
+	} else {
+		background.Go(func() { poller.Run(ctx) })
+	}
 	if attributor != nil {
 		background.Go(func() { attributor.Run(ctx) })
 	}

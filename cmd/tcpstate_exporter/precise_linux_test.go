@@ -1,0 +1,167 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
+	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
+	"github.com/tcpstate/tcpstate_exporter/internal/statezoo"
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
+)
+
+// TestIntegrationPreciseModeSeesShortStays: with dumps 30 s apart, precise
+// mode still sees every connection that opens and closes in between, and
+// how long each stayed in each state, from the kernel's events.
+func TestIntegrationPreciseModeSeesShortStays(t *testing.T) {
+	netnstest.RequireRoot(t)
+	requireTool(t, "ip")
+	name, path := netnstest.New(t)
+	view, viewPath := netnstest.New(t)
+	p := exportertest.StartWith(t, exportertest.Options{Wrapper: netnstest.Exec(view)},
+		"--netns="+name, "--mode=precise", "--precise.dump-interval=30s")
+	client := clientIn(viewPath)
+	url := p.URL + "/metrics"
+	if m := exportertest.ScrapeWith(t, client, url); m.Value("tcpstate_mode", "mode=precise") != 1 {
+		t.Fatalf("tcpstate_mode{mode=\"precise\"} = %v, want 1", m.Value("tcpstate_mode", "mode=precise"))
+	}
+
+	const conns = 20
+	const hold = 20 * time.Millisecond
+	err := netlinkdiag.Do(path, func() error {
+		ln, port, err := statezoo.Listen(unix.AF_INET, conns)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(ln)
+		for range conns {
+			c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			if err := unix.Connect(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)}); err != nil {
+				unix.Close(c)
+				return fmt.Errorf("connect: %w", err)
+			}
+			s, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+			if err != nil {
+				unix.Close(c)
+				return fmt.Errorf("accept: %w", err)
+			}
+			time.Sleep(hold)
+			unix.Close(c)
+			time.Sleep(time.Millisecond)
+			unix.Close(s)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var m exportertest.Metrics
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		m = exportertest.ScrapeWith(t, client, url)
+		if m.Value("tcpstate_transitions_total", "from=LAST_ACK", "to=CLOSED") >= conns {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s: %v LAST_ACK->CLOSED transitions, want %d", m.Value("tcpstate_transitions_total", "from=LAST_ACK", "to=CLOSED"), conns)
+		}
+	}
+	for _, tr := range [][2]string{
+		{"CLOSED", "SYN_SEND"}, {"SYN_SEND", "ESTABLISHED"}, {"ESTABLISHED", "FIN_WAIT_1"}, {"FIN_WAIT_1", "FIN_WAIT_2"},
+		{"FIN_WAIT_2", "TIME_WAIT"}, {"CLOSED", "SYN_RCVD"}, {"SYN_RCVD", "ESTABLISHED"}, {"ESTABLISHED", "CLOSE_WAIT"},
+		{"CLOSE_WAIT", "LAST_ACK"}, {"LAST_ACK", "CLOSED"},
+	} {
+		if v := m.Value("tcpstate_transitions_total", "from="+tr[0], "to="+tr[1]); v != conns {
+			t.Errorf("%s->%s: %v transitions, want %d", tr[0], tr[1], v, conns)
+		}
+	}
+	count, sum, _ := m.Histogram("tcpstate_state_duration_seconds", "state=ESTABLISHED")
+	if count != 2*conns || sum/float64(count) < hold.Seconds() || sum/float64(count) > 10*hold.Seconds() {
+		t.Errorf("ESTABLISHED stays: %d, mean %.4fs; want %d of about %v", count, sum/float64(max(count, 1)), 2*conns, hold)
+	}
+	count, sum, _ = m.Histogram("tcpstate_state_duration_seconds", "state=SYN_SEND")
+	if count != conns || sum <= 0 || sum/float64(count) > 0.005 {
+		t.Errorf("SYN_SEND stays (connect latency): %d, mean %.6fs; want %d, each above zero and at most a few ms", count, sum/float64(max(count, 1)), conns)
+	}
+	if v := m.Value("tcpstate_events_total"); v < 9*conns {
+		t.Errorf("tcpstate_events_total = %v, want at least %d", v, 9*conns)
+	}
+	t.Logf("ESTABLISHED and SYN_SEND stays seen with no dump in between; %v events", m.Value("tcpstate_events_total"))
+
+	// Nothing of the BPF program outlives the exporter.
+	mine := ourPrograms(t)
+	if len(mine) == 0 {
+		t.Fatal("no BPF program of the exporter found while it runs")
+	}
+	p.Stop(t)
+	// The kernel frees a program after an RCU grace period, not at once.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var left []ebpf.ProgramID
+		for _, id := range mine {
+			if prog, err := ebpf.NewProgramFromID(id); err == nil {
+				prog.Close()
+				left = append(left, id)
+			}
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("BPF programs %v still loaded 5 s after the exporter stopped", left)
+		}
+	}
+}
+
+// ourPrograms lists the loaded BPF programs attached to
+// inet_sock_set_state by this test's exporter (name truncated by the
+// kernel to 15 bytes).
+func ourPrograms(t *testing.T) []ebpf.ProgramID {
+	t.Helper()
+	var ids []ebpf.ProgramID
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return ids
+		}
+		id = next
+		prog, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		info, err := prog.Info()
+		prog.Close()
+		if err == nil && strings.HasPrefix("inet_sock_set_state", info.Name) && info.Name != "" {
+			ids = append(ids, id)
+		}
+	}
+}
+
+// TestIntegrationPreciseModeRefusedUnprivileged: without CAP_BPF and
+// CAP_PERFMON, --mode=precise stops at start-up with status 1 and one
+// line saying why, and --mode=auto polls, saying why once.
+func TestIntegrationPreciseModeRefusedUnprivileged(t *testing.T) {
+	requireTool(t, "setpriv")
+	code, stderr := exportertest.RunWith(t, exportertest.Options{Wrapper: nobody()}, "--mode=precise", "--web.listen-address=127.0.0.1:0")
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	last := lines[len(lines)-1]
+	if code != 1 || !strings.HasPrefix(last, "tcpstate_exporter: --mode=precise: ") || !strings.Contains(last, "CAP_BPF") {
+		t.Errorf("--mode=precise as nobody: exit %d, last line %q; want 1 and one line naming CAP_BPF\n%s", code, last, stderr)
+	}
+
+	p := exportertest.StartWith(t, exportertest.Options{Wrapper: nobody()}, "--mode=auto", "--poll.interval=100ms")
+	m := exportertest.Scrape(t, p.URL+"/metrics")
+	if m.Value("tcpstate_mode", "mode=poll") != 1 || m.Value("tcpstate_mode", "mode=precise") != -1 {
+		t.Errorf("--mode=auto as nobody: tcpstate_mode poll %v precise %v; want poll only", m.Value("tcpstate_mode", "mode=poll"), m.Value("tcpstate_mode", "mode=precise"))
+	}
+	if log := p.Log(); strings.Count(log, "precise mode unavailable; polling") != 1 {
+		t.Errorf("--mode=auto as nobody logged the fallback %d times, want once:\n%s", strings.Count(log, "precise mode unavailable; polling"), log)
+	}
+}
