@@ -49,11 +49,20 @@ func (f *Feed) Push(ctx context.Context, events []bpfsource.Event) error {
 	return nil
 }
 
+// LossCounter reports what an event source could not deliver so far;
+// *bpfsource.Source is one.
+type LossCounter interface {
+	Losses() (bpfsource.Losses, error)
+}
+
 // RunFeed is Run for precise mode: it applies the changes the feed brings
 // as they come, publishes what they changed every publish, and still
 // polls every Interval to reconcile the trackers with the kernel's tables.
-// Polls that overrun the interval drop the ticks they missed, as in Run.
-func (p *Poller) RunFeed(ctx context.Context, feed *Feed, publish time.Duration) {
+// Before each publish it reads losses, if not nil: events the source lost
+// are counted, and a loss polls at once, so that a dump repairs what the
+// lost events would have changed. Polls that overrun the interval drop
+// the ticks they missed, as in Run.
+func (p *Poller) RunFeed(ctx context.Context, feed *Feed, publish time.Duration, losses LossCounter) {
 	if publish <= 0 {
 		publish = time.Second
 	}
@@ -72,9 +81,58 @@ func (p *Poller) RunFeed(ctx context.Context, feed *Feed, publish time.Duration)
 			p.ApplyEvents(b)
 			feed.free <- b[:0]
 		case <-pubs.C:
+			if p.countLosses(losses) {
+				_ = p.Poll(ctx) // publishes too
+				polls.Reset(interval)
+				continue
+			}
 			p.Publish()
 		case <-polls.C:
 			_ = p.Poll(ctx) // counted and logged by Poll
 		}
 	}
+}
+
+// countLosses reads what the source lost and reports whether it lost
+// anything since the last time.
+func (p *Poller) countLosses(losses LossCounter) bool {
+	if losses == nil {
+		return false
+	}
+	l, err := losses.Losses()
+	if err != nil {
+		p.cfg.Logger.Debug("reading the event source's losses", "err", err)
+		return false
+	}
+	now := [NumLosses]uint64{LossRingFull: l.RingFull, LossRecursion: l.RecursionMisses, LossMalformed: l.Malformed}
+	lost := now != p.next.EventsLost
+	p.next.EventsLost = now
+	return lost
+}
+
+// Loss is a way an event source loses events.
+type Loss uint8
+
+// The ways events are lost.
+const (
+	// LossRingFull: the ring buffer had no room for an event.
+	LossRingFull Loss = iota
+	// LossRecursion: the kernel skipped the program because it was
+	// already running on the CPU (its recursion misses).
+	LossRecursion
+	// LossMalformed: a record that did not decode.
+	LossMalformed
+
+	// NumLosses is the number of ways.
+	NumLosses = 3
+)
+
+var lossNames = [NumLosses]string{"ring_full", "recursion", "malformed"}
+
+// String returns the way's label value.
+func (l Loss) String() string {
+	if l < NumLosses {
+		return lossNames[l]
+	}
+	return "unknown"
 }

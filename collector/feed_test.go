@@ -2,6 +2,7 @@ package collector
 
 import (
 	"context"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,7 +23,7 @@ func TestRunFeedAppliesAndPublishes(t *testing.T) {
 	feed := NewFeed(2, 3)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { p.RunFeed(ctx, feed, 10*time.Millisecond); close(done) }()
+	go func() { p.RunFeed(ctx, feed, 10*time.Millisecond, nil); close(done) }()
 	defer func() { cancel(); <-done }()
 
 	now := monotonic()
@@ -79,4 +80,72 @@ func TestFeedPushWaitsForBuffers(t *testing.T) {
 	if err := feed.Push(ctx, evs); err != context.DeadlineExceeded {
 		t.Errorf("Push with no free buffer = %v, want the context's deadline", err)
 	}
+}
+
+// lossy is a LossCounter whose losses the test sets.
+type lossy struct {
+	mu sync.Mutex
+	l  bpfsource.Losses
+}
+
+func (l *lossy) Losses() (bpfsource.Losses, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.l, nil
+}
+
+func (l *lossy) set(ring uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.l.RingFull = ring
+}
+
+// TestRunFeedPollsAtOnceOnLoss: a loss of events is counted and repaired
+// by a dump at once, not at the next reconciliation an hour later.
+func TestRunFeedPollsAtOnceOnLoss(t *testing.T) {
+	d := &countingDumper{}
+	p := NewPoller(d, Config{Interval: time.Hour, MaxTracked: 100})
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	src := &lossy{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.RunFeed(ctx, NewFeed(1, 1), 5*time.Millisecond, src); close(done) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(50 * time.Millisecond)
+	if n := d.dumps(); n != 1 {
+		t.Fatalf("%d dumps with nothing lost, want only the first", n)
+	}
+	src.set(7)
+	deadline := time.Now().Add(5 * time.Second)
+	for d.dumps() < 2 || p.Snapshot().EventsLost[LossRingFull] != 7 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a loss: %d dumps, %d counted lost; want a second dump and 7", d.dumps(), p.Snapshot().EventsLost[LossRingFull])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := d.dumps(); n != 2 {
+		t.Errorf("%d dumps after one loss, want 2: a loss is repaired once", n)
+	}
+}
+
+// countingDumper reports no sockets and counts its dumps.
+type countingDumper struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingDumper) DumpTCP(context.Context, netlinkdiag.Request, func(*netlinkdiag.Socket) error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	return nil
+}
+
+func (c *countingDumper) dumps() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
 }

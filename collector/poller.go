@@ -117,6 +117,7 @@ type Snapshot struct {
 	Inodes []InodeState
 
 	Events          uint64                       // kernel state changes applied (precise mode)
+	EventsLost      [NumLosses]uint64            // kernel state changes the event source lost, by way
 	Polls           uint64                       // polls attempted
 	Errors          [NumReasons]uint64           // poll errors by reason
 	Overruns        uint64                       // polls that took longer than the interval

@@ -123,6 +123,7 @@ type Exporter struct {
 	modeDesc    *prometheus.Desc
 	events      *prometheus.Desc
 	corrections *prometheus.Desc
+	eventsLost  *prometheus.Desc
 
 	namespaces    *prometheus.Desc
 	netnsPoll     *prometheus.Desc
@@ -167,6 +168,7 @@ func New(src SnapshotSource, h *Histograms, opts ...Option) *Exporter {
 	e.modeDesc = d("mode", "The mode the exporter runs in: poll (dumps every --poll.interval) or precise (kernel events, reconciled by dumps); 1 for the one in use.", "mode")
 	e.events = d("events_total", "Kernel TCP state changes applied in precise mode.")
 	e.corrections = d("reconcile_corrections_total", "In precise mode, what a reconciling dump found that the kernel's events had not said, by kind: state (another state than the last event left), handover (a remnant still in FIN_WAIT2 that the hand-over rule had put in TIME_WAIT), unannounced (a socket no event announced), vanished (a socket gone without its close event).", "kind")
+	e.eventsLost = d("events_lost_total", "In precise mode, kernel state changes the event source lost, by reason: ring_full (no room in the ring buffer), recursion (the kernel skipped the program, already running on that CPU), malformed (a record that did not decode). Each loss is repaired by a dump at once.", "reason")
 	e.namespaces = d("namespaces", "Network namespaces observed at the latest poll.")
 	e.netnsPoll = d("namespace_poll_duration_seconds", "Time the latest dump and tracking of each network namespace took.", "netns")
 	e.portSockets = nd("port_sockets", "Sockets by state and local port, for ports with a LISTEN socket (the server side of a service): the busiest --port.top ports by number, the rest as port=\"other\", sockets whose local port has no listener as port=\"none\". Only non-zero series are exported.", "state", "port")
@@ -190,7 +192,7 @@ func (e *Exporter) descs() []*prometheus.Desc {
 		ds = append(ds, e.modeDesc)
 	}
 	if e.mode == "precise" {
-		ds = append(ds, e.events, e.corrections)
+		ds = append(ds, e.events, e.corrections, e.eventsLost)
 	}
 	if e.attr != nil {
 		ds = append(ds, e.procSockets, e.attrDuration, e.attrTimestamp, e.attrDenied)
@@ -260,6 +262,9 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		counter(e.events, s.Events)
 		for k := collector.Correction(0); k < collector.NumCorrections; k++ {
 			counter(e.corrections, s.Corrections[k], k.String())
+		}
+		for l := collector.Loss(0); l < collector.NumLosses; l++ {
+			counter(e.eventsLost, s.EventsLost[l], l.String())
 		}
 	}
 	gauge(e.unknown, float64(s.Unknown))

@@ -320,7 +320,7 @@ func serve(o *options, logger *slog.Logger) error {
 				logger.Error("reading kernel events stopped", "err", err)
 			}
 		})
-		background.Go(func() { poller.RunFeed(ctx, feed, time.Second) })
+		background.Go(func() { poller.RunFeed(ctx, feed, time.Second, events) })
 	} else {
 		background.Go(func() { poller.Run(ctx) })
 	}

@@ -94,6 +94,11 @@ func TestIntegrationPreciseModeSeesShortStays(t *testing.T) {
 	if v := m.Value("tcpstate_events_total"); v < 9*conns {
 		t.Errorf("tcpstate_events_total = %v, want at least %d", v, 9*conns)
 	}
+	for _, reason := range []string{"ring_full", "recursion", "malformed"} {
+		if v := m.Value("tcpstate_events_lost_total", "reason="+reason); v != 0 {
+			t.Errorf("tcpstate_events_lost_total{reason=%q} = %v, want 0", reason, v)
+		}
+	}
 	t.Logf("ESTABLISHED and SYN_SEND stays seen with no dump in between; %v events", m.Value("tcpstate_events_total"))
 
 	// Nothing of the BPF program outlives the exporter.
