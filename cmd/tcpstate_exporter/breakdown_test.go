@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -11,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
-	"github.com/tcpstate/tcpstate_exporter/internal/loadtest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 	"github.com/tcpstate/tcpstate_exporter/internal/statezoo"
 )
@@ -164,8 +164,9 @@ func TestIntegrationBreakdownCardinality(t *testing.T) {
 
 func TestIntegrationAllNamespaces(t *testing.T) {
 	type space struct {
-		name string
-		zoo  *statezoo.Zoo
+		name  string
+		zoo   *statezoo.Zoo
+		inode uint64
 	}
 	var spaces []space
 	for i := 1; i <= 3; i++ {
@@ -175,7 +176,11 @@ func TestIntegrationAllNamespaces(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { zoo.Close() })
-		spaces = append(spaces, space{name, zoo})
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		spaces = append(spaces, space{name, zoo, st.Ino})
 	}
 	p := exportertest.Start(t, "--netns=all", "--poll.interval=200ms", "--attribution.states=")
 
@@ -205,7 +210,9 @@ func TestIntegrationAllNamespaces(t *testing.T) {
 			t.Errorf("no poll cost for %s: %v", s.name, v)
 		}
 	}
-	fds := netlinkSockets(t, p)
+	if n := netlinkSocketsIn(t, p, spaces[1].inode); n != 1 {
+		t.Fatalf("%d netlink sockets of the exporter in namespace %s, want 1", n, spaces[1].name)
+	}
 
 	// Delete the middle namespace: its series go, the others stay exact,
 	// no error is counted and its netlink socket is closed.
@@ -230,19 +237,48 @@ func TestIntegrationAllNamespaces(t *testing.T) {
 			t.Errorf("poll_errors_total{reason=%q} = %v after a namespace went, want 0", reason, v)
 		}
 	}
-	if after := netlinkSockets(t, p); after != fds-1 {
-		t.Errorf("netlink sockets went from %d to %d; the deleted namespace's one should be closed", fds, after)
+	if n := netlinkSocketsIn(t, p, gone.inode); n != 0 {
+		t.Errorf("%d netlink sockets of the exporter still in the deleted namespace %s, want 0", n, gone.name)
 	}
 }
 
-// netlinkSockets counts the exporter's netlink sockets: one per observed
-// namespace. (Its other descriptors come and go with every poll: namespace
-// discovery reads /proc.)
-func netlinkSockets(t *testing.T, p *exportertest.Process) int {
+// netlinkSocketsIn counts the exporter's netlink sockets that live in the
+// network namespace with inode ino, taking a copy of each of its sockets
+// (pidfd_getfd) and asking the kernel which namespace it lives in
+// (SIOCGSKNS). Counting all its descriptors would not do: with
+// --netns=all it follows the namespaces other tests create and delete
+// meanwhile.
+func netlinkSocketsIn(t *testing.T, p *exportertest.Process, ino uint64) int {
 	t.Helper()
-	kinds, err := loadtest.FDKinds(p.PID())
+	pidfd, err := unix.PidfdOpen(p.PID(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kinds["socket:NETLINK"]
+	defer unix.Close(pidfd)
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		target, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		fd, err := unix.PidfdGetfd(pidfd, target, 0)
+		if err != nil {
+			continue // closed meanwhile
+		}
+		if proto, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN); err == nil && proto == unix.AF_NETLINK {
+			if nsfd, err := unix.IoctlRetInt(fd, unix.SIOCGSKNS); err == nil {
+				var st unix.Stat_t
+				if unix.Fstat(nsfd, &st) == nil && st.Ino == ino {
+					n++
+				}
+				unix.Close(nsfd)
+			}
+		}
+		unix.Close(fd)
+	}
+	return n
 }
