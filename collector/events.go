@@ -28,13 +28,16 @@ type KernelTransition struct {
 //   - LISTEN -> SYN_RECV is the listener's child, a new socket, entering
 //     SYN_RCVD (the listener stays in LISTEN): CLOSED -> SYN_RCVD for the
 //     child's cookie. The request socket that stood for the connection
-//     before the handshake's last ACK emits nothing, so a SYN_RCVD stay
-//     counts from the child's creation.
+//     before the handshake's last ACK emits nothing; it shares the child's
+//     cookie, so where a dump saw it the SYN_RCVD stay counts from its
+//     arrival (see Tracker.Apply), otherwise from the child's creation.
 //   - FIN_WAIT2 or CLOSING -> CLOSE without a socket error is the full
-//     socket handing over to its TIME_WAIT remnant, which keeps the
-//     cookie and emits nothing more: -> TIME_WAIT. A reset sets sk_err; a
-//     FIN_WAIT2 socket whose remnant waits out tcp_fin_timeout in
-//     FIN_WAIT2 looks the same, and the next dump corrects it.
+//     socket handing over to its timewait remnant, which keeps the cookie
+//     and emits nothing more: -> TIME_WAIT. A reset sets sk_err. An
+//     orphaned socket's remnant waits for the peer's FIN in FIN_WAIT2
+//     first (sock_diag shows it so) and turns into TIME_WAIT without an
+//     event; a dump that finds it still in FIN_WAIT2 corrects it
+//     (CorrectionHandover).
 func (k KernelTransition) Transition() (Transition, bool) {
 	from, ok1 := FromKernel(k.Old)
 	to, ok2 := FromKernel(k.New)
