@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -67,6 +68,7 @@ type options struct {
 	attrTop       int
 	mode          string
 	dumpInterval  time.Duration
+	ringBytes     int
 	log           promslog.Config
 }
 
@@ -86,6 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	attrInterval := app.Flag("attribution.interval", "How often to attribute sockets to processes by walking /proc/PID/fd.").Default("15s").String()
 	app.Flag("attribution.top", "Process names named in tcpstate_process_sockets; the rest are summed as process=\"other\".").Default("10").IntVar(&o.attrTop)
 	app.Flag("mode", "poll: dump the socket tables every --poll.interval. precise: follow every TCP state change through the kernel's inet_sock_set_state tracepoint (eBPF; needs CAP_BPF and CAP_PERFMON at start-up), dumping only every --precise.dump-interval to reconcile; in development. auto: precise where the kernel and privileges allow it, else poll.").Default("poll").EnumVar(&o.mode, "poll", "precise", "auto")
+	app.Flag("precise.ring-bytes", "In precise mode, the size of the kernel's ring buffer of events: a power of two, at least the page size. Events that find it full are lost, counted in tcpstate_events_lost_total and repaired by a dump.").Default(strconv.Itoa(bpfsource.DefaultRingBytes)).IntVar(&o.ringBytes)
 	dumpInterval := app.Flag("precise.dump-interval", "In precise mode, how often to dump the socket tables to reconcile what the events built.").Default("30s").String()
 	o.log.Level = promslog.NewLevel()
 	o.log.Format = promslog.NewFormat()
@@ -99,6 +102,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.dumpInterval, err = time.ParseDuration(*dumpInterval); err != nil || o.dumpInterval < time.Second {
 		return nil, fmt.Errorf("--precise.dump-interval=%s: want a duration of at least 1s, such as 30s", *dumpInterval)
+	}
+	if o.ringBytes < os.Getpagesize() || o.ringBytes&(o.ringBytes-1) != 0 {
+		return nil, fmt.Errorf("--precise.ring-bytes=%d: want a power of two of at least %d", o.ringBytes, os.Getpagesize())
 	}
 	if o.attrInterval, err = time.ParseDuration(*attrInterval); err != nil {
 		return nil, fmt.Errorf("--attribution.interval=%s: not a duration such as 15s or 1m", *attrInterval)
@@ -188,7 +194,7 @@ func openEvents(o *options, logger *slog.Logger) (*bpfsource.Source, string, err
 	if o.mode == "poll" {
 		return nil, "poll", nil
 	}
-	src, err := bpfsource.Open(bpfsource.Options{})
+	src, err := bpfsource.Open(bpfsource.Options{RingBytes: o.ringBytes})
 	switch {
 	case err == nil:
 		return src, "precise", nil

@@ -170,3 +170,69 @@ func TestIntegrationPreciseModeRefusedUnprivileged(t *testing.T) {
 		t.Errorf("--mode=auto as nobody logged the fallback %d times, want once:\n%s", strings.Count(log, "precise mode unavailable; polling"), log)
 	}
 }
+
+// TestIntegrationPreciseModeRepairsLoss: a ring buffer made one page small
+// loses events under a burst of connections; the loss is counted, a dump
+// follows at once, and the counts are exact again.
+func TestIntegrationPreciseModeRepairsLoss(t *testing.T) {
+	netnstest.RequireRoot(t)
+	requireTool(t, "ip")
+	name, path := netnstest.New(t)
+	view, viewPath := netnstest.New(t)
+	p := exportertest.StartWith(t, exportertest.Options{Wrapper: netnstest.Exec(view)},
+		"--netns="+name, "--mode=precise", "--precise.dump-interval=1h", "--precise.ring-bytes=4096")
+	client := clientIn(viewPath)
+	url := p.URL + "/metrics"
+
+	const conns = 400
+	var held []int
+	t.Cleanup(func() {
+		for _, fd := range held {
+			unix.Close(fd)
+		}
+	})
+	err := netlinkdiag.Do(path, func() error {
+		ln, port, err := statezoo.Listen(unix.AF_INET, conns)
+		if err != nil {
+			return err
+		}
+		held = append(held, ln)
+		for range conns {
+			c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			held = append(held, c)
+			if err := unix.Connect(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)}); err != nil {
+				return fmt.Errorf("connect: %w", err)
+			}
+		}
+		for range conns {
+			s, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+			if err != nil {
+				return fmt.Errorf("accept: %w", err)
+			}
+			held = append(held, s)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m exportertest.Metrics
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		m = exportertest.ScrapeWith(t, client, url)
+		if m.Value("tcpstate_events_lost_total", "reason=ring_full") > 0 && m.Value("tcpstate_polls_total") >= 2 &&
+			churnSum(m, "tcpstate_sockets", "state=ESTABLISHED") == 2*conns {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s: %v events lost, %v polls, %v ESTABLISHED; want a loss, a repairing dump, and %d",
+				m.Value("tcpstate_events_lost_total", "reason=ring_full"), m.Value("tcpstate_polls_total"), churnSum(m, "tcpstate_sockets", "state=ESTABLISHED"), 2*conns)
+		}
+	}
+	if n := churnSum(m, "tcpstate_sockets", "state=LISTEN"); n != 1 {
+		t.Errorf("LISTEN = %v after the repair, want 1", n)
+	}
+	t.Logf("%v events lost to a full ring, repaired by dump %v; %v ESTABLISHED", m.Value("tcpstate_events_lost_total", "reason=ring_full"), m.Value("tcpstate_polls_total"), churnSum(m, "tcpstate_sockets", "state=ESTABLISHED"))
+}
