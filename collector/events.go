@@ -1,9 +1,7 @@
 package collector
 
 import (
-	"math"
 	"syscall"
-	"time"
 
 	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
@@ -70,10 +68,7 @@ func (k KernelTransition) Transition() (Transition, bool) {
 // but could not track are counted as that dump found them.
 func (t *Tracker) Refresh(now int64) PollResult {
 	n := t.since(now)
-	var oldest [NumStates]int64
-	for i := range oldest {
-		oldest[i] = math.MaxInt64
-	}
+	oldest := noneEntered()
 	t.sockets.sweep(func(s *slot) bool {
 		st := State(s.meta & stateMask)
 		if st == TimeWait && s.meta&exactBit != 0 {
@@ -91,15 +86,10 @@ func (t *Tracker) Refresh(now int64) PollResult {
 		return true
 	})
 	t.sockets.shrink()
-	res := PollResult{Sockets: t.live, Tracked: t.sockets.len(), Untracked: t.untrackedN}
+	res := PollResult{Sockets: t.live, Oldest: ages(oldest, n), Tracked: t.sockets.len(), Untracked: t.untrackedN}
 	for f := range res.Sockets {
 		for st := range res.Sockets[f] {
 			res.Sockets[f][st] += t.untracked[f][st]
-		}
-	}
-	for s, at := range oldest {
-		if at != math.MaxInt64 {
-			res.Oldest[s] = time.Duration(max(n-at, 0))
 		}
 	}
 	return res

@@ -130,9 +130,4 @@ const (
 var lossNames = [NumLosses]string{"ring_full", "recursion", "malformed"}
 
 // String returns the way's label value.
-func (l Loss) String() string {
-	if l < NumLosses {
-		return lossNames[l]
-	}
-	return "unknown"
-}
+func (l Loss) String() string { return label(lossNames[:], l) }

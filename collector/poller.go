@@ -40,12 +40,7 @@ const (
 var reasonNames = [NumReasons]string{"malformed", "permission", "namespace", "unsupported", "enobufs", "dump"}
 
 // String returns the reason's label value.
-func (r Reason) String() string {
-	if r < NumReasons {
-		return reasonNames[r]
-	}
-	return "unknown"
-}
+func (r Reason) String() string { return label(reasonNames[:], r) }
 
 // Classify returns the reason a dump error is counted under.
 func Classify(err error) Reason {
@@ -89,12 +84,7 @@ const (
 var inconsistencyNames = [NumInconsistencies]string{"duplicate", "skipped", "interrupted"}
 
 // String returns the kind's label value.
-func (k Inconsistency) String() string {
-	if k < NumInconsistencies {
-		return inconsistencyNames[k]
-	}
-	return "unknown"
-}
+func (k Inconsistency) String() string { return label(inconsistencyNames[:], k) }
 
 // Snapshot is what scrapes read: the gauges of the last complete poll and
 // the cumulative counters as of the latest poll. It is never modified after
@@ -214,9 +204,9 @@ type target struct {
 
 	// The current dump's sockets wait here until a batch is full.
 	begun int64 // the dump's clock reading
-	batch [batchLen]Observation
-	extra [batchLen]socketExtra
-	dup   [batchLen]bool
+	batch [BatchLen]Observation
+	extra [BatchLen]socketExtra
+	dup   [BatchLen]bool
 	n     int
 }
 
@@ -290,18 +280,9 @@ func (p *Poller) newTarget(ns Namespace, d Dumper, c DumpCloser) *target {
 	t := &target{ns: ns, dumper: d, closer: c, tracker: NewTracker(p.cfg.MaxTracked, p.cfg.ObserveStay)}
 	t.last.Name = ns.Name
 	t.observe = func(s *netlinkdiag.Socket) error {
-		st, ok := FromKernel(s.State)
-		if !ok {
+		if !fromSocket(&t.batch[t.n], s, t.begun) {
 			t.unknown++
 			return nil
-		}
-		o := &t.batch[t.n]
-		o.Cookie, o.State, o.Family, o.TimeWaitEnd = s.Cookie, st, IPv4, 0
-		if s.Family == syscall.AF_INET6 {
-			o.Family = IPv6
-		}
-		if st == TimeWait && s.Timer == netlinkdiag.TimerTimeWait {
-			o.TimeWaitEnd = t.begun + int64(s.Expires)*int64(time.Millisecond)
 		}
 		t.extra[t.n] = socketExtra{port: s.Src.Port(), rq: s.RQueue, wq: s.WQueue, inode: s.Inode}
 		t.n++
@@ -311,6 +292,24 @@ func (p *Poller) newTarget(ns Namespace, d Dumper, c DumpCloser) *target {
 		return nil
 	}
 	return t
+}
+
+// fromSocket fills o from a socket of a dump begun at begun (a
+// CLOCK_MONOTONIC reading), and reports false for a socket in a kernel
+// state with no documented name.
+func fromSocket(o *Observation, s *netlinkdiag.Socket, begun int64) bool {
+	st, ok := FromKernel(s.State)
+	if !ok {
+		return false
+	}
+	o.Cookie, o.State, o.Family, o.TimeWaitEnd = s.Cookie, st, IPv4, 0
+	if s.Family == syscall.AF_INET6 {
+		o.Family = IPv6
+	}
+	if st == TimeWait && s.Timer == netlinkdiag.TimerTimeWait {
+		o.TimeWaitEnd = begun + int64(s.Expires)*int64(time.Millisecond)
+	}
+	return true
 }
 
 // flush applies the batched sockets of t's dump, and counts those that
@@ -381,9 +380,7 @@ func (p *Poller) Poll(ctx context.Context) error {
 	if p.cfg.Interval > 0 && took > p.cfg.Interval {
 		p.next.Overruns++
 	}
-	p.assemble()
-	snap := p.next
-	p.snap.Store(&snap)
+	p.publish()
 	if p.cfg.ObservePoll != nil {
 		p.cfg.ObservePoll(took)
 	}
@@ -619,6 +616,12 @@ func (p *Poller) Publish() {
 		t.last.PollResult, t.last.Time = res, wall
 		p.countTransitions(t)
 	}
+	p.publish()
+}
+
+// publish assembles the targets' latest results into a new snapshot and
+// makes it the one scrapes read.
+func (p *Poller) publish() {
 	p.assemble()
 	snap := p.next
 	p.snap.Store(&snap)

@@ -141,3 +141,12 @@ func (f Family) String() string {
 	}
 	return fmt.Sprintf("Family(%d)", uint8(f))
 }
+
+// label returns the label value names holds for v, or "unknown" for a
+// value past them: the String of the exporter's small enumerations.
+func label[T ~uint8](names []string, v T) string {
+	if int(v) < len(names) {
+		return names[v]
+	}
+	return "unknown"
+}

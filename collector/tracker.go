@@ -108,12 +108,7 @@ const (
 var correctionNames = [NumCorrections]string{"state", "handover", "unannounced", "vanished"}
 
 // String returns the kind's label value.
-func (c Correction) String() string {
-	if c < NumCorrections {
-		return correctionNames[c]
-	}
-	return "unknown"
-}
+func (c Correction) String() string { return label(correctionNames[:], c) }
 
 // Tracker remembers, per socket cookie, the documented state each socket is
 // in and when it entered it. Dumps feed it one at a time: Begin, then
@@ -215,11 +210,30 @@ func (t *Tracker) rebase(d int64) {
 
 func mid(a, b int64) int64 { return a + (b-a)/2 }
 
-// batchLen is how many observations ObserveBatch applies together at most.
-const batchLen = 32
+// noneEntered starts the search for each state's earliest entry time.
+func noneEntered() [NumStates]int64 {
+	var e [NumStates]int64
+	for i := range e {
+		e[i] = math.MaxInt64
+	}
+	return e
+}
 
-// BatchLen is the most observations one ObserveBatch call takes.
-const BatchLen = batchLen
+// ages turns each state's earliest entry time into its age at now; 0 for
+// a state no socket is in.
+func ages(earliest [NumStates]int64, now int64) [NumStates]time.Duration {
+	var a [NumStates]time.Duration
+	for s, at := range earliest {
+		if at != math.MaxInt64 {
+			a[s] = time.Duration(max(now-at, 0))
+		}
+	}
+	return a
+}
+
+// BatchLen is how many observations ObserveBatch applies together at
+// most; a longer slice is applied in batches of it.
+const BatchLen = 32
 
 // ObserveBatch applies up to BatchLen sockets of the dump under way, and
 // sets dup[i] when obs[i] repeats a socket the dump already reported (the
@@ -233,9 +247,9 @@ const BatchLen = batchLen
 // independent loads that the CPU overlaps, so that the pass that applies
 // them finds their slots cached.
 func (t *Tracker) ObserveBatch(obs []Observation, dup []bool) {
-	if len(obs) > batchLen {
-		t.ObserveBatch(obs[:batchLen], dup[:batchLen])
-		t.ObserveBatch(obs[batchLen:], dup[batchLen:])
+	if len(obs) > BatchLen {
+		t.ObserveBatch(obs[:BatchLen], dup[:BatchLen])
+		t.ObserveBatch(obs[BatchLen:], dup[BatchLen:])
 		return
 	}
 	t.sockets.touch(obs)
@@ -354,10 +368,7 @@ func (t *Tracker) pinned(o *Observation, after int64) (int64, bool) {
 // counted in the state it was last seen in. Commit returns what the dump
 // found.
 func (t *Tracker) Commit() PollResult {
-	var oldest [NumStates]int64
-	for i := range oldest {
-		oldest[i] = math.MaxInt64
-	}
+	oldest := noneEntered()
 	t.sockets.sweep(func(s *slot) bool {
 		if m := s.meta; m>>metaBits != t.now {
 			st := State(m & stateMask)
@@ -395,11 +406,7 @@ func (t *Tracker) Commit() PollResult {
 		return true
 	})
 	t.sockets.shrink()
-	for s, at := range oldest {
-		if at != math.MaxInt64 {
-			t.cur.Oldest[s] = time.Duration(t.now - at)
-		}
-	}
+	t.cur.Oldest = ages(oldest, t.now)
 	t.cur.Tracked = t.sockets.len()
 	for f := range t.untracked {
 		for st := range t.untracked[f] {

@@ -47,18 +47,11 @@ func observation(s *netlinkdiag.Socket, now int64) Observation {
 	return o
 }
 
-// setObservation is observation writing in place, as the poller does.
+// setObservation is the poller's fromSocket, except that a socket in an
+// undocumented state goes to the tracker too, which counts it as unknown.
 func setObservation(o *Observation, s *netlinkdiag.Socket, now int64) {
-	st, ok := FromKernel(s.State)
-	if !ok {
-		st = NumStates // not a state: counted as unknown
-	}
-	o.Cookie, o.State, o.Family, o.TimeWaitEnd = s.Cookie, st, IPv4, 0
-	if s.Family == unix.AF_INET6 {
-		o.Family = IPv6
-	}
-	if st == TimeWait && s.Timer == netlinkdiag.TimerTimeWait {
-		o.TimeWaitEnd = now + int64(s.Expires)*int64(time.Millisecond)
+	if !fromSocket(o, s, now) {
+		*o = Observation{Cookie: s.Cookie, State: NumStates}
 	}
 }
 

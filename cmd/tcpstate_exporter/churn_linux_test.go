@@ -336,19 +336,9 @@ func holdCloseWait(t *testing.T, path string, n int) (held []int) {
 			addrs = append(addrs, sa)
 		}
 		for i := range n {
-			fam, ln, addr := fams[i%2], lns[i%2], addrs[i%2]
-			c, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+			c, s, err := connectPair(fams[i%2], lns[i%2], addrs[i%2])
 			if err != nil {
-				return fmt.Errorf("socket: %w", err)
-			}
-			if err := unix.Connect(c, addr); err != nil {
-				unix.Close(c)
-				return fmt.Errorf("connect: %w", err)
-			}
-			s, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
-			if err != nil {
-				unix.Close(c)
-				return fmt.Errorf("accept: %w", err)
+				return err
 			}
 			held = append(held, s)
 			unix.Close(c) // its FIN puts s in CLOSE_WAIT for good
@@ -359,6 +349,32 @@ func holdCloseWait(t *testing.T, path string, n int) (held []int) {
 		t.Fatalf("hold %d CLOSE_WAIT sockets: %v", n, err)
 	}
 	return held
+}
+
+// dial connects a new TCP socket of family fam to addr.
+func dial(fam int, addr unix.Sockaddr) (int, error) {
+	c, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	if err := unix.Connect(c, addr); err != nil {
+		unix.Close(c)
+		return -1, fmt.Errorf("connect: %w", err)
+	}
+	return c, nil
+}
+
+// connectPair connects to the listener ln at addr and accepts the connection:
+// its client and server ends.
+func connectPair(fam, ln int, addr unix.Sockaddr) (c, s int, err error) {
+	if c, err = dial(fam, addr); err != nil {
+		return -1, -1, err
+	}
+	if s, _, err = unix.Accept4(ln, unix.SOCK_CLOEXEC); err != nil {
+		unix.Close(c)
+		return -1, -1, fmt.Errorf("accept: %w", err)
+	}
+	return c, s, nil
 }
 
 // churnListen listens on the loopback address of fam, on an ephemeral

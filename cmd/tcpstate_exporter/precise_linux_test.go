@@ -40,18 +40,9 @@ func TestIntegrationPreciseModeSeesShortStays(t *testing.T) {
 		}
 		defer unix.Close(ln)
 		for range conns {
-			c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			c, s, err := connectPair(unix.AF_INET, ln, loopback4(port))
 			if err != nil {
 				return err
-			}
-			if err := unix.Connect(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)}); err != nil {
-				unix.Close(c)
-				return fmt.Errorf("connect: %w", err)
-			}
-			s, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
-			if err != nil {
-				unix.Close(c)
-				return fmt.Errorf("accept: %w", err)
 			}
 			time.Sleep(hold)
 			unix.Close(c)
@@ -123,6 +114,11 @@ func TestIntegrationPreciseModeSeesShortStays(t *testing.T) {
 			t.Fatalf("BPF programs %v still loaded 5 s after the exporter stopped", left)
 		}
 	}
+}
+
+// loopback4 is 127.0.0.1:port.
+func loopback4(port uint16) unix.Sockaddr {
+	return &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)}
 }
 
 // ourPrograms lists the loaded BPF programs attached to
@@ -198,14 +194,11 @@ func TestIntegrationPreciseModeRepairsLoss(t *testing.T) {
 		}
 		held = append(held, ln)
 		for range conns {
-			c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			c, err := dial(unix.AF_INET, loopback4(port))
 			if err != nil {
 				return err
 			}
 			held = append(held, c)
-			if err := unix.Connect(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)}); err != nil {
-				return fmt.Errorf("connect: %w", err)
-			}
 		}
 		for range conns {
 			s, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
