@@ -11,9 +11,10 @@ import (
 // Not every state a socket passes through is announced. Request sockets
 // (NEW_SYN_RECV) emit nothing: an accepted socket first appears as
 // LISTEN->SYN_RECV. A socket's hand-over to its timewait remnant shows only
-// as X->CLOSE with Err 0 (FIN_WAIT2->CLOSE, for one); the remnant, which
-// sock_diag reports in FIN_WAIT2 or TIME_WAIT, keeps the cookie, and its
-// own changes and its end emit nothing.
+// as X->CLOSE (FIN_WAIT2->CLOSE, for one); the remnant, which sock_diag
+// reports in FIN_WAIT2 or TIME_WAIT, keeps the cookie, and its own changes
+// and its end emit nothing. FinReceived, Orphan and Err tell the hand-over
+// from the socket's end.
 type Event struct {
 	// Time is when the state changed, in nanoseconds of CLOCK_MONOTONIC
 	// (bpf_ktime_get_ns).
@@ -32,12 +33,9 @@ type Event struct {
 	// kernel's include/net/tcp_states.h (1 ESTABLISHED ... 7 CLOSE,
 	// 10 LISTEN, 11 CLOSING, 12 NEW_SYN_RECV).
 	OldState, NewState uint8
-	// SrcPort and DstPort are the local and remote ports, as the socket
-	// held them at the change. A local port the kernel chose (an ephemeral
-	// port, one bind(2) picked for port 0, an accepted socket's) is
-	// released before X->CLOSE, which shows SrcPort 0; one the socket was
-	// bound to explicitly stays. At CLOSE->SYN_SENT an ephemeral port is
-	// not chosen yet: SrcPort 0.
+	// SrcPort and DstPort are the local and remote ports of the
+	// connection. At CLOSE->SYN_SENT an ephemeral port is not chosen yet:
+	// SrcPort 0.
 	SrcPort, DstPort uint16
 	// Src and Dst are the local and remote addresses: 4-byte addresses for
 	// AF_INET, 16-byte ones for AF_INET6 (an IPv4 peer of an IPv6 socket
@@ -47,6 +45,14 @@ type Event struct {
 	// Err is the socket's sk_err at the change: 0, or an errno such as
 	// ECONNRESET (104) on the socket whose peer reset the connection.
 	Err uint16
+	// FinReceived and Orphan are set only at X->CLOSE. FinReceived says
+	// the peer's FIN had come (SOCK_DONE), Orphan that the socket's owner
+	// had closed it (SOCK_DEAD). From FIN_WAIT2 or CLOSING, with Err 0,
+	// the socket has handed over to a timewait remnant in TIME_WAIT if
+	// FinReceived; if not, an orphan's FIN_WAIT2->CLOSE has handed over to
+	// a remnant that waits for the FIN in FIN_WAIT2, and anything else
+	// left nothing behind.
+	FinReceived, Orphan bool
 }
 
 // The record the BPF program writes, struct event in tcpstate.bpf.c, in the
@@ -65,7 +71,14 @@ const (
 	offFamily   = 56
 	offOldState = 57
 	offNewState = 58
+	offFlags    = 59
 	offErr      = 60
+)
+
+// Bits of the record's flags byte (EVENT_* in tcpstate.bpf.c).
+const (
+	flagFinReceived = 1 << 0
+	flagOrphan      = 1 << 1
 )
 
 // batchEvents is the most events Read hands over in one call of its fn.
@@ -94,6 +107,8 @@ func decodeRecord(b []byte, e *Event) bool {
 	e.OldState = b[offOldState]
 	e.NewState = b[offNewState]
 	e.Err = le.Uint16(b[offErr:])
+	e.FinReceived = b[offFlags]&flagFinReceived != 0
+	e.Orphan = b[offFlags]&flagOrphan != 0
 	switch e.Family {
 	case afInet:
 		e.Src = netip.AddrFrom4([4]byte(b[offSrc : offSrc+4]))

@@ -27,6 +27,12 @@ func encode(e Event) []byte {
 	b[offOldState] = e.OldState
 	b[offNewState] = e.NewState
 	le.PutUint16(b[offErr:], e.Err)
+	if e.Orphan {
+		b[offFlags] |= flagOrphan
+	}
+	if e.FinReceived {
+		b[offFlags] |= flagFinReceived
+	}
 	return b
 }
 
@@ -36,6 +42,9 @@ func TestDecodeRecord(t *testing.T) {
 			SrcPort: 46588, DstPort: 47565, Src: netip.MustParseAddr("127.0.0.1"), Dst: netip.MustParseAddr("10.1.2.3")},
 		{Time: 1<<63 - 1, Cookie: 1<<64 - 1, Netns: 1<<32 - 1, Family: afInet6, OldState: 1, NewState: 7,
 			DstPort: 65535, Src: netip.MustParseAddr("fe80::1"), Dst: netip.MustParseAddr("::ffff:192.0.2.1"), Err: 104},
+		{Family: 1, OldState: 5, NewState: 7, Orphan: true},
+		{Family: 1, OldState: 5, NewState: 7, Orphan: true, FinReceived: true},
+		{Family: 1, OldState: 1, NewState: 7, FinReceived: true},
 		{Time: 1, Cookie: 2, Netns: 3, Family: 1, OldState: 7, NewState: 10, SrcPort: 80}, // no addresses for other families
 	} {
 		var got Event

@@ -36,6 +36,10 @@ enum {
 enum {
 	IPPROTO_TCP = 6,
 };
+/* include/net/tcp_states.h: not UAPI, but unchanged since 2.6. */
+enum {
+	TCP_CLOSE = 7,
+};
 enum {
 	AF_INET = 2,
 	AF_INET6 = 10,
@@ -59,7 +63,14 @@ typedef struct __attribute__((preserve_access_index)) {
 	struct net *net;
 } possible_net_t;
 
+/* include/net/sock.h; relocated by name, as the values are not UAPI. */
+enum sock_flags {
+	SOCK_DEAD,
+	SOCK_DONE,
+};
+
 struct __attribute__((preserve_access_index)) sock_common {
+	unsigned long skc_flags; /* sk_flags, since Linux 6.10 */
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
 	__be16 skc_dport;
@@ -73,7 +84,13 @@ struct __attribute__((preserve_access_index)) sock_common {
 struct __attribute__((preserve_access_index)) sock {
 	struct sock_common __sk_common;
 	int sk_err;
+	unsigned long sk_flags; /* before Linux 6.10 */
 	__u16 sk_protocol;
+};
+
+struct __attribute__((preserve_access_index)) inet_sock {
+	struct sock sk;
+	__be16 inet_sport;
 };
 
 #endif

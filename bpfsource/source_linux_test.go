@@ -47,17 +47,18 @@ func TestRecordLayout(t *testing.T) {
 		"family":   unsafe.Offsetof(e.Family),
 		"oldstate": unsafe.Offsetof(e.Oldstate),
 		"newstate": unsafe.Offsetof(e.Newstate),
+		"flags":    unsafe.Offsetof(e.Flags),
 		"err":      unsafe.Offsetof(e.Err),
 	}
 	want := map[string]uintptr{
 		"size": recordSize, "time": offTime, "cookie": offCookie, "netns": offNetns,
 		"sport": offSrcPort, "dport": offDstPort, "saddr": offSrc, "daddr": offDst,
-		"family": offFamily, "oldstate": offOldState, "newstate": offNewState, "err": offErr,
+		"family": offFamily, "oldstate": offOldState, "newstate": offNewState, "flags": offFlags, "err": offErr,
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Fatalf("record layout (-event.go +tcpstate.bpf.c)\n%s", d)
 	}
-	sizes := map[string]uintptr{"Saddr": 16, "Daddr": 16, "Err": 2, "Sport": 2, "Dport": 2, "Netns": 4}
+	sizes := map[string]uintptr{"Saddr": 16, "Daddr": 16, "Flags": 1, "Err": 2, "Sport": 2, "Dport": 2, "Netns": 4}
 	typ := reflect.TypeOf(e)
 	for name, size := range sizes {
 		f, _ := typ.FieldByName(name)
@@ -134,7 +135,7 @@ func seenOf(e Event) seen {
 func formatEvents(evs []Event) string {
 	var b strings.Builder
 	for _, e := range evs {
-		fmt.Fprintf(&b, "\t%d cookie %d netns %d %+v\n", e.Time, e.Cookie, e.Netns, seenOf(e))
+		fmt.Fprintf(&b, "\t%d cookie %d netns %d %+v fin=%v orphan=%v\n", e.Time, e.Cookie, e.Netns, seenOf(e), e.FinReceived, e.Orphan)
 	}
 	return b.String()
 }
@@ -363,6 +364,7 @@ func addrPort(t *testing.T, sa unix.Sockaddr) netip.AddrPort {
 type connection struct {
 	listener, client, server *sock
 	laddr, caddr             netip.AddrPort
+	serverCookie             uint64
 }
 
 // connect opens a connection in the namespace at path, and writes a few
@@ -522,8 +524,9 @@ func TestIntegrationTransitions(t *testing.T) {
 			want := map[string][]seen{
 				"listener": {
 					{"CLOSE->LISTEN", f, l, ap(unspec, 0).String(), 0},
-					// At X->CLOSE the local port already reads 0.
-					{"LISTEN->CLOSE", f, ap(lo, 0).String(), ap(unspec, 0).String(), 0},
+					// At X->CLOSE the socket has given its port back, and the
+					// event still shows it (inet_sport).
+					{"LISTEN->CLOSE", f, l, ap(unspec, 0).String(), 0},
 				},
 				"client": {
 					// At CLOSE->SYN_SENT the local port is not chosen yet.
@@ -531,7 +534,7 @@ func TestIntegrationTransitions(t *testing.T) {
 					{"SYN_SENT->ESTABLISHED", f, cl, l, 0},
 					{"ESTABLISHED->FIN_WAIT1", f, cl, l, 0},
 					{"FIN_WAIT1->FIN_WAIT2", f, cl, l, 0},
-					{"FIN_WAIT2->CLOSE", f, ap(lo, 0).String(), l, 0},
+					{"FIN_WAIT2->CLOSE", f, cl, l, 0},
 				},
 				"server": {
 					// The child appears as LISTEN->SYN_RECV, already
@@ -540,7 +543,7 @@ func TestIntegrationTransitions(t *testing.T) {
 					{"SYN_RECV->ESTABLISHED", f, l, cl, 0},
 					{"ESTABLISHED->CLOSE_WAIT", f, l, cl, 0},
 					{"CLOSE_WAIT->LAST_ACK", f, l, cl, 0},
-					{"LAST_ACK->CLOSE", f, ap(lo, 0).String(), cl, 0},
+					{"LAST_ACK->CLOSE", f, l, cl, 0},
 				},
 			}
 			got := byCookie(evs, map[uint64]string{listener: "listener", client: "client", server: "server"})
@@ -590,17 +593,17 @@ func TestIntegrationReset(t *testing.T) {
 			want := map[string][]seen{
 				"listener": {
 					{"CLOSE->LISTEN", f, l, ap(unspec, 0).String(), 0},
-					{"LISTEN->CLOSE", f, ap(lo, 0).String(), ap(unspec, 0).String(), 0},
+					{"LISTEN->CLOSE", f, l, ap(unspec, 0).String(), 0},
 				},
 				"client": {
 					{"CLOSE->SYN_SENT", f, ap(lo, 0).String(), l, 0},
 					{"SYN_SENT->ESTABLISHED", f, cl, l, 0},
-					{"ESTABLISHED->CLOSE", f, ap(lo, 0).String(), l, 0},
+					{"ESTABLISHED->CLOSE", f, cl, l, 0},
 				},
 				"server": {
 					{"LISTEN->SYN_RECV", f, l, cl, 0},
 					{"SYN_RECV->ESTABLISHED", f, l, cl, 0},
-					{"ESTABLISHED->CLOSE", f, ap(lo, 0).String(), cl, uint16(unix.ECONNRESET)},
+					{"ESTABLISHED->CLOSE", f, l, cl, uint16(unix.ECONNRESET)},
 				},
 			}
 			got := byCookie(evs, map[uint64]string{listener: "listener", client: "client", server: "server"})
@@ -614,8 +617,8 @@ func TestIntegrationReset(t *testing.T) {
 
 // TestIntegrationBoundPorts pins the local ports of sockets bound to a port
 // of their own: unlike ports the kernel chose, the client's shows at
-// CLOSE->SYN_SENT, and both the client's and the listener's at X->CLOSE.
-// The accepted socket's is released before its X->CLOSE all the same.
+// CLOSE->SYN_SENT; at X->CLOSE every socket's shows, the accepted one's
+// too, though the kernel has released it.
 func TestIntegrationBoundPorts(t *testing.T) {
 	netnstest.RequireRoot(t)
 	opts := Options{ReadInterval: 20 * time.Millisecond}
@@ -669,7 +672,7 @@ func TestIntegrationBoundPorts(t *testing.T) {
 			{"SYN_RECV->ESTABLISHED", unix.AF_INET, l4, c4, 0},
 			{"ESTABLISHED->CLOSE_WAIT", unix.AF_INET, l4, c4, 0},
 			{"CLOSE_WAIT->LAST_ACK", unix.AF_INET, l4, c4, 0},
-			{"LAST_ACK->CLOSE", unix.AF_INET, "127.0.0.1:0", c4, 0},
+			{"LAST_ACK->CLOSE", unix.AF_INET, "127.0.0.1:8080", c4, 0},
 		},
 	}
 	if d := cmp.Diff(want, byCookie(evs, roles)); d != "" {
@@ -1175,5 +1178,145 @@ func TestIntegrationMalformed(t *testing.T) {
 	}
 	if l.Malformed != 2 {
 		t.Errorf("Losses().Malformed = %d, want 2", l.Malformed)
+	}
+}
+
+// closeOf returns what the socket's last X->CLOSE event says it left
+// behind: "remnant FIN_WAIT2", "remnant TIME_WAIT" or "gone".
+func closeOf(t *testing.T, evs []Event, cookie uint64) string {
+	t.Helper()
+	for i := len(evs) - 1; i >= 0; i-- {
+		e := evs[i]
+		if e.Cookie != cookie || e.NewState != netlinkdiag.StateClose {
+			continue
+		}
+		switch {
+		case e.Err != 0 || e.OldState != netlinkdiag.StateFinWait2 && e.OldState != netlinkdiag.StateClosing:
+			return "gone"
+		case e.FinReceived:
+			return "remnant TIME_WAIT"
+		case e.Orphan && e.OldState == netlinkdiag.StateFinWait2:
+			return "remnant FIN_WAIT2"
+		default:
+			return "gone"
+		}
+	}
+	t.Fatalf("no X->CLOSE event of cookie %d:\n%s", cookie, formatEvents(evs))
+	return ""
+}
+
+// TestIntegrationCloseRemnants pins how the event of a socket's change to
+// CLOSE tells a hand-over to a timewait remnant, and the remnant's state,
+// from a socket that is gone: the difference between FIN_WAIT2->TIME_WAIT,
+// a FIN_WAIT2 remnant waiting for a peer that may never close, and an
+// abort, none of which sk_err shows.
+func TestIntegrationCloseRemnants(t *testing.T) {
+	netnstest.RequireRoot(t)
+	opts := Options{ReadInterval: 20 * time.Millisecond}
+	src := openSource(t, opts, ipprotoTCP)
+	linger0 := func(t *testing.T, s *sock) {
+		if err := unix.SetsockoptLinger(s.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// halfClose shuts the client's sending side, and waits for it to
+	// reach FIN_WAIT2 as a full socket.
+	halfClose := func(t *testing.T, rec *recorder, c *connection) {
+		if err := unix.Shutdown(c.client.fd, unix.SHUT_WR); err != nil {
+			t.Fatal(err)
+		}
+		rec.waitFor(t, c.client.cookie(t), netlinkdiag.StateFinWait1, netlinkdiag.StateFinWait2)
+	}
+	for _, c := range []struct {
+		name string
+		// run closes the connection; the client's X->CLOSE must have
+		// come when it returns.
+		run func(t *testing.T, rec *recorder, c *connection)
+		// want is what the client's X->CLOSE says, and diag what
+		// sock_diag then shows of the client's cookie ("" for nothing).
+		want, diag string
+		// after, if set, runs next; diagAfter is what sock_diag shows
+		// then.
+		after     func(t *testing.T, rec *recorder, c *connection)
+		diagAfter string
+	}{{
+		// The client closes first and its peer never does: the
+		// orphan hands over to a remnant that waits in FIN_WAIT2,
+		// and turns into TIME_WAIT, silently, when the peer closes.
+		name: "orphan",
+		run: func(t *testing.T, rec *recorder, c *connection) {
+			client := c.client.cookie(t)
+			c.client.close(t)
+			rec.waitFor(t, client, netlinkdiag.StateFinWait2, netlinkdiag.StateClose)
+		},
+		want: "remnant FIN_WAIT2", diag: "FIN_WAIT2",
+		after: func(t *testing.T, rec *recorder, c *connection) {
+			readEOF(t, c.server)
+			c.server.close(t)
+			rec.waitFor(t, c.serverCookie, netlinkdiag.StateLastAck, netlinkdiag.StateClose)
+		},
+		diagAfter: "TIME_WAIT",
+	}, {
+		// The client half-closes, so it stays a full socket in
+		// FIN_WAIT2, and the peer's FIN moves it to TIME_WAIT.
+		name: "half-close",
+		run: func(t *testing.T, rec *recorder, c *connection) {
+			client := c.client.cookie(t)
+			halfClose(t, rec, c)
+			readEOF(t, c.server)
+			c.server.close(t)
+			rec.waitFor(t, client, netlinkdiag.StateFinWait2, netlinkdiag.StateClose)
+		},
+		want: "remnant TIME_WAIT", diag: "TIME_WAIT",
+	}, {
+		// A half-closed client aborted (SO_LINGER 0) in FIN_WAIT2:
+		// gone, with sk_err still 0 at its change.
+		name: "abort in FIN_WAIT2",
+		run: func(t *testing.T, rec *recorder, c *connection) {
+			client := c.client.cookie(t)
+			halfClose(t, rec, c)
+			linger0(t, c.client)
+			c.client.close(t)
+			rec.waitFor(t, client, netlinkdiag.StateFinWait2, netlinkdiag.StateClose)
+		},
+		want: "gone",
+	}, {
+		// A reset from ESTABLISHED: gone.
+		name: "reset",
+		run: func(t *testing.T, rec *recorder, c *connection) {
+			client := c.client.cookie(t)
+			linger0(t, c.client)
+			c.client.close(t)
+			rec.waitFor(t, client, netlinkdiag.StateEstablished, netlinkdiag.StateClose)
+		},
+		want: "gone",
+	}} {
+		for _, fam := range families {
+			t.Run(c.name+"/"+fam.name, func(t *testing.T) {
+				path, netns := namespace(t)
+				rec := record(t, src, netns)
+				conn := connect(t, path, fam.family, 0)
+				client := conn.client.cookie(t)
+				conn.serverCookie = conn.server.cookie(t)
+				c.run(t, rec, conn)
+				if got := closeOf(t, rec.snapshot(), client); got != c.want {
+					t.Errorf("client's X->CLOSE says %q, want %q\n%s", got, c.want, formatEvents(rec.snapshot()))
+				}
+				diag := func(want string) {
+					got := ""
+					if state, ok := diagState(t, path, client); ok {
+						got = stateName(state)
+					}
+					if got != want {
+						t.Errorf("sock_diag shows the client's cookie in %q, want %q", got, want)
+					}
+				}
+				diag(c.diag)
+				if c.after != nil {
+					c.after(t, rec, conn)
+					diag(c.diagAfter)
+				}
+			})
+		}
 	}
 }

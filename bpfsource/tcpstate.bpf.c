@@ -27,10 +27,26 @@ struct event {
 	__u8 family;	 /* 56: AF_INET or AF_INET6 */
 	__u8 oldstate;	 /* 57: include/net/tcp_states.h */
 	__u8 newstate;	 /* 58 */
-	__u8 pad0;	 /* 59 */
+	__u8 flags;	 /* 59: EVENT_* below, at X->CLOSE */
 	__u16 err;	 /* 60: sk_err */
 	__u16 pad1;	 /* 62 */
 };			 /* 64 bytes */
+
+/*
+ * What the socket had been through at a change to CLOSE, which tells what
+ * it left behind. tcp_time_wait() puts a timewait remnant in the socket's
+ * place before tcp_done() sets CLOSE, and nothing in the closing socket
+ * shows whether it did (it is unhashed either way by the time the
+ * tracepoint fires). It does so from FIN_WAIT2 after the peer's FIN, which
+ * sets SOCK_DONE: the remnant is in TIME_WAIT. It does so from FIN_WAIT2
+ * before the peer's FIN only for an orphan (SOCK_DEAD, closed by its
+ * owner): the remnant waits for the FIN in FIN_WAIT2. An owner's abort
+ * (SO_LINGER 0) comes before the orphaning, and a reset sets sk_err.
+ */
+enum {
+	EVENT_FIN_RECEIVED = 1 << 0, /* SOCK_DONE: the peer's FIN had come */
+	EVENT_ORPHAN = 1 << 1,	     /* SOCK_DEAD: its owner had closed it */
+};
 
 /*
  * Puts struct event into the object's BTF, for bpf2go to generate its Go
@@ -101,7 +117,13 @@ int BPF_PROG(inet_sock_set_state, const struct sock *sk, int oldstate, int newst
 	e->time_ns = bpf_ktime_get_ns();
 	e->cookie = cookie;
 	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	/*
+	 * skc_num is cleared when the socket gives its port back, just before
+	 * X->CLOSE; inet_sport still holds the port the connection used.
+	 */
 	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!e->sport && newstate == TCP_CLOSE)
+		e->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
 	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
 	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
@@ -115,7 +137,18 @@ int BPF_PROG(inet_sock_set_state, const struct sock *sk, int oldstate, int newst
 	e->family = family;
 	e->oldstate = oldstate;
 	e->newstate = newstate;
-	e->pad0 = 0;
+	e->flags = 0;
+	if (newstate == TCP_CLOSE) {
+		unsigned long sk_flags;
+		if (bpf_core_field_exists(sk->__sk_common.skc_flags))
+			sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+		else
+			sk_flags = BPF_CORE_READ(sk, sk_flags);
+		if (sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE)))
+			e->flags |= EVENT_FIN_RECEIVED;
+		if (sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DEAD)))
+			e->flags |= EVENT_ORPHAN;
+	}
 	e->err = BPF_CORE_READ(sk, sk_err);
 	e->pad1 = 0;
 

@@ -25,7 +25,7 @@ type tcpstateEvent struct {
 	Family   uint8
 	Oldstate uint8
 	Newstate uint8
-	Pad0     uint8
+	Flags    uint8
 	Err      uint16
 	Pad1     uint16
 }

@@ -2,6 +2,7 @@ package collector
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/tcpstate/tcpstate_exporter/bpfsource"
@@ -41,7 +42,11 @@ func (f *Feed) Push(ctx context.Context, events []bpfsource.Event) error {
 		b = b[:n]
 		for i := range b {
 			e := &events[i]
-			b[i] = KernelTransition{At: e.Time, Cookie: e.Cookie, Netns: e.Netns, Family: e.Family, Old: e.OldState, New: e.NewState, Err: e.Err}
+			b[i] = KernelTransition{
+				At: e.Time, Cookie: e.Cookie, Netns: e.Netns, Family: e.Family, Old: e.OldState, New: e.NewState, Err: e.Err,
+				FinReceived: e.FinReceived, Orphan: e.Orphan,
+				Src: netip.AddrPortFrom(e.Src, e.SrcPort), Dst: netip.AddrPortFrom(e.Dst, e.DstPort),
+			}
 		}
 		f.full <- b // never blocks: there are as many places as buffers
 		events = events[n:]

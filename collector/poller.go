@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -202,6 +203,11 @@ type target struct {
 	lastErr string
 	observe func(*netlinkdiag.Socket) error
 
+	// remnants holds the cookies of connections whose socket handed over
+	// to a timewait remnant in FIN_WAIT2, by their ends, until the peer's
+	// change or a dump shows what became of them.
+	remnants map[connection]uint64
+
 	// The current dump's sockets wait here until a batch is full.
 	begun int64 // the dump's clock reading
 	batch [BatchLen]Observation
@@ -209,6 +215,9 @@ type target struct {
 	dup   [BatchLen]bool
 	n     int
 }
+
+// connection is a TCP connection's local and remote ends.
+type connection struct{ local, remote netip.AddrPort }
 
 // socketExtra is what the poller keeps of a socket besides the tracker's
 // observation: what the port breakdown and attribution need.
@@ -412,6 +421,7 @@ func (p *Poller) pollTarget(ctx context.Context, t *target) error {
 		t.last.Took = p.cfg.Now().Sub(wall)
 		t.rows = t.ports.rows(t.ns.Name)
 		t.inodes, t.pending = t.pending, t.inodes
+		t.pruneRemnants()
 	} else {
 		res = t.tracker.Abort()
 	}
@@ -576,9 +586,45 @@ func (p *Poller) ApplyEvents(batch []KernelTransition) {
 		if t == nil {
 			continue
 		}
-		if tr, ok := k.Transition(); ok {
-			t.tracker.Apply(tr)
+		if k.RemnantInFinWait2() {
+			// Still in FIN_WAIT2; remember the connection for the peer's
+			// change that ends the wait.
 			p.next.Events++
+			if k.Src.Port() != 0 && len(t.remnants) < maxRemnants {
+				if t.remnants == nil {
+					t.remnants = make(map[connection]uint64)
+				}
+				t.remnants[connection{k.Src, k.Dst}] = k.Cookie
+			}
+			continue
+		}
+		tr, ok := k.Transition()
+		if !ok {
+			continue
+		}
+		t.tracker.Apply(tr)
+		p.next.Events++
+		if to, ok := k.PeerClosing(); ok && len(t.remnants) > 0 {
+			c := connection{k.Dst, k.Src}
+			if cookie, ok := t.remnants[c]; ok {
+				delete(t.remnants, c)
+				t.tracker.Apply(Transition{Cookie: cookie, Netns: k.Netns, Family: tr.Family, From: FinWait2, To: to, At: k.At})
+			}
+		}
+	}
+}
+
+// maxRemnants bounds each namespace's table of remnants in FIN_WAIT2; past
+// it, a remnant's change waits for a dump.
+const maxRemnants = 1 << 16
+
+// pruneRemnants forgets the remnants that a dump found gone from
+// FIN_WAIT2: turned into TIME_WAIT, or gone, with no change of an observed
+// peer to say so.
+func (t *target) pruneRemnants() {
+	for c, cookie := range t.remnants {
+		if st, ok := t.tracker.State(cookie); !ok || st != FinWait2 {
+			delete(t.remnants, c)
 		}
 	}
 }

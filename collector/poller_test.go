@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"syscall"
 	"testing"
@@ -320,5 +321,78 @@ func TestDiscoveringPollerRoutesEvents(t *testing.T) {
 	b[IPv6][Listen] = 1
 	if got["a"] != a || got["b"] != b || len(got) != 2 {
 		t.Errorf("per-namespace counts %v; want a: one SYN_SEND, b: one LISTEN (IPv6)", got)
+	}
+}
+
+// TestPollerRemnantInFinWait2: an orphan's hand-over in FIN_WAIT2 leaves
+// the connection in FIN_WAIT_2; the peer's close, when the peer is
+// observed too, takes the remnant to TIME_WAIT at once, and its abort
+// ends it; a remnant whose peer is not observed waits for a dump, which
+// finds it in TIME_WAIT with no correction counted.
+func TestPollerRemnantInFinWait2(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	tw := netlinkdiag.Socket{Family: syscall.AF_INET, State: netlinkdiag.StateTimeWait, Cookie: 5}
+	d := &fakeDumper{clock: clock, steps: []step{{}, {socks: []netlinkdiag.Socket{tw}}}}
+	const ino = 4026532000
+	p := NewPoller(d, Config{MaxTracked: 10, Now: clock.Now, NetnsInode: ino})
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	at := func(d time.Duration) int64 { return clock.now.Add(d).UnixNano() }
+	client := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port) }
+	server := netip.MustParseAddrPort("127.0.0.1:80")
+	ev := func(d time.Duration, cookie uint64, old, new uint8, local, remote netip.AddrPort) KernelTransition {
+		return KernelTransition{At: at(d), Cookie: cookie, Netns: ino, Family: syscall.AF_INET, Old: old, New: new, Src: local, Dst: remote}
+	}
+	var batch []KernelTransition
+	// Three clients close first; each peer sits in CLOSE_WAIT.
+	for i, cookie := range []uint64{1, 3, 5} {
+		c := client(uint16(40000 + i))
+		off := time.Duration(i) * 10 * time.Millisecond
+		batch = append(batch,
+			ev(off, cookie, netlinkdiag.StateClose, netlinkdiag.StateSynSent, c, server),
+			ev(off+time.Millisecond, cookie, netlinkdiag.StateSynSent, netlinkdiag.StateEstablished, c, server),
+			ev(off+time.Millisecond, cookie+1, netlinkdiag.StateListen, netlinkdiag.StateSynRecv, server, c),
+			ev(off+time.Millisecond, cookie+1, netlinkdiag.StateSynRecv, netlinkdiag.StateEstablished, server, c),
+			ev(off+2*time.Millisecond, cookie, netlinkdiag.StateEstablished, netlinkdiag.StateFinWait1, c, server),
+			ev(off+2*time.Millisecond, cookie+1, netlinkdiag.StateEstablished, netlinkdiag.StateCloseWait, server, c),
+			ev(off+3*time.Millisecond, cookie, netlinkdiag.StateFinWait1, netlinkdiag.StateFinWait2, c, server),
+		)
+		orphan := ev(off+3*time.Millisecond, cookie, netlinkdiag.StateFinWait2, netlinkdiag.StateClose, c, server)
+		orphan.Orphan = true
+		batch = append(batch, orphan)
+	}
+	p.ApplyEvents(batch)
+	p.Publish()
+	if got := p.Snapshot().Sockets[IPv4]; got[FinWait2] != 3 || got[CloseWait] != 3 || got[TimeWait] != 0 {
+		t.Fatalf("after the clients' hand-overs: %v; want 3 FIN_WAIT_2, 3 CLOSE_WAIT", got)
+	}
+	// Peer 2 closes: remnant 1 gets its FIN. Peer 4 aborts: remnant 3
+	// is reset. Peer 6 is elsewhere: nothing says what remnant 5 does.
+	p.ApplyEvents([]KernelTransition{
+		ev(100*time.Millisecond, 2, netlinkdiag.StateCloseWait, netlinkdiag.StateLastAck, server, client(40000)),
+		ev(100*time.Millisecond, 2, netlinkdiag.StateLastAck, netlinkdiag.StateClose, server, client(40000)),
+		ev(110*time.Millisecond, 4, netlinkdiag.StateCloseWait, netlinkdiag.StateClose, server, client(40001)),
+	})
+	clock.now = clock.now.Add(200 * time.Millisecond)
+	p.Publish()
+	s := p.Snapshot()
+	if got := s.Sockets[IPv4]; got[FinWait2] != 1 || got[TimeWait] != 1 || got[CloseWait] != 1 {
+		t.Errorf("after the peers' changes: %v; want 1 FIN_WAIT_2, 1 TIME_WAIT, 1 CLOSE_WAIT", got)
+	}
+	if s.Transitions[FinWait2][TimeWait] != 1 || s.Transitions[FinWait2][Closed] != 1 {
+		t.Errorf("FIN_WAIT_2 -> TIME_WAIT %d, -> CLOSED %d; want 1 and 1", s.Transitions[FinWait2][TimeWait], s.Transitions[FinWait2][Closed])
+	}
+	// The dump finds remnant 5 in TIME_WAIT (and peer 6 gone, as it
+	// was never in this namespace's dump): no correction for the remnant.
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s = p.Snapshot()
+	if s.Corrections[CorrectionState] != 0 || s.Transitions[FinWait2][TimeWait] != 2 {
+		t.Errorf("after the dump: corrections %v, FIN_WAIT_2 -> TIME_WAIT %d; want none, 2", s.Corrections, s.Transitions[FinWait2][TimeWait])
+	}
+	if n := len(p.targets[0].remnants); n != 0 {
+		t.Errorf("%d remnants still remembered after the dump", n)
 	}
 }

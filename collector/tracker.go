@@ -79,9 +79,10 @@ type PollResult struct {
 }
 
 // Correction is a kind of disagreement between a dump and the kernel
-// events that drive the tracker: each means an event was lost, or a
-// change happened that emits none. In a healthy run there are none but
-// CorrectionHandover.
+// events that drive the tracker: each means an event was lost, or that the
+// events were read wrong. In a healthy run there are none. Changes that
+// emit no event are not corrections: a request socket's arrival, a
+// remnant's change from FIN_WAIT2 to TIME_WAIT and the end of a remnant.
 type Correction uint8
 
 // The kinds of correction.
@@ -89,16 +90,15 @@ const (
 	// CorrectionState: a dump found a socket in another state than its
 	// last event left it in.
 	CorrectionState Correction = iota
-	// CorrectionHandover: a dump found in FIN_WAIT2 a remnant that the
-	// hand-over rule had put in TIME_WAIT (an orphaned socket's remnant
-	// waits for the peer's FIN in FIN_WAIT2, and turns into TIME_WAIT
-	// without an event).
+	// CorrectionHandover: a dump found in FIN_WAIT2 a socket that an
+	// event had put in TIME_WAIT: a hand-over read wrong (see
+	// KernelTransition.Transition).
 	CorrectionHandover
 	// CorrectionUnannounced: a dump found a socket no event had announced
 	// (request sockets, which emit nothing, aside).
 	CorrectionUnannounced
-	// CorrectionVanished: two dumps missed a socket, not a TIME_WAIT
-	// remnant, whose close no event reported.
+	// CorrectionVanished: two dumps missed a socket, not a remnant in
+	// TIME_WAIT or FIN_WAIT2, whose close no event reported.
 	CorrectionVanished
 
 	// NumCorrections is the number of kinds.
@@ -296,12 +296,14 @@ func (t *Tracker) observe(o *Observation) bool {
 			s.set(e)
 			break
 		}
-		if t.events && e.exact {
-			if e.state == TimeWait && st == FinWait2 {
-				t.cur.Corrections[CorrectionHandover]++
-			} else {
-				t.cur.Corrections[CorrectionState]++
-			}
+		switch {
+		case !t.events || !e.exact:
+		case e.state == FinWait2 && st == TimeWait:
+			// A remnant in FIN_WAIT2 got its FIN: no event says so.
+		case e.state == TimeWait && st == FinWait2:
+			t.cur.Corrections[CorrectionHandover]++
+		default:
+			t.cur.Corrections[CorrectionState]++
 		}
 		// Leaving one state is entering the next.
 		at, exact := t.entry(o, e.lastSeen, mid(e.lastSeen, t.now))
@@ -383,7 +385,7 @@ func (t *Tracker) Commit() PollResult {
 			e := s.entry()
 			e.misses++
 			if leave, gone := t.gone(e); gone {
-				if t.events && e.exact && e.state != TimeWait {
+				if t.events && e.exact && e.state != TimeWait && e.state != FinWait2 {
 					// A remnant's end emits nothing, early (reused,
 					// reset) or not: no event was lost.
 					t.cur.Corrections[CorrectionVanished]++
@@ -509,6 +511,13 @@ func (t *Tracker) Live() Counts { return t.live }
 func (t *Tracker) Exact(cookie uint64) (exact, tracked bool) {
 	_, e, ok := t.sockets.lookup(cookie)
 	return e.exact, ok
+}
+
+// State returns the state the tracker holds cookie's socket in, and
+// whether it tracks the socket at all.
+func (t *Tracker) State(cookie uint64) (State, bool) {
+	_, e, ok := t.sockets.lookup(cookie)
+	return e.state, ok
 }
 
 // Transitions returns the cumulative count of transitions between states,

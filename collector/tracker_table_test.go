@@ -102,7 +102,7 @@ func (t *mapTracker) Observe(o Observation) (dup bool) {
 			t.sockets[o.Cookie] = e
 			break
 		}
-		if t.events && e.exact {
+		if t.events && e.exact && !(e.state == FinWait2 && o.State == TimeWait) {
 			if e.state == TimeWait && o.State == FinWait2 {
 				t.cur.Corrections[CorrectionHandover]++
 			} else {
@@ -164,7 +164,7 @@ func (t *mapTracker) Commit() PollResult {
 				leave, gone = mid(e.lastSeen, first), true
 			}
 			if gone {
-				if t.events && e.exact && e.state != TimeWait {
+				if t.events && e.exact && e.state != TimeWait && e.state != FinWait2 {
 					t.cur.Corrections[CorrectionVanished]++
 				}
 				if !e.unknown && e.state != Closed {

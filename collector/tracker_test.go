@@ -521,6 +521,9 @@ func TestKernelTransition(t *testing.T) {
 	k := func(old, new uint8, err uint16) KernelTransition {
 		return KernelTransition{At: 7, Cookie: 9, Netns: 4026531840, Family: unix.AF_INET6, Old: old, New: new, Err: err}
 	}
+	fin := func(k KernelTransition) KernelTransition { k.FinReceived = true; return k }
+	orphan := func(k KernelTransition) KernelTransition { k.Orphan = true; return k }
+	const remnant = NumStates // no change: a remnant in FIN_WAIT2
 	for _, c := range []struct {
 		name     string
 		in       KernelTransition
@@ -530,10 +533,14 @@ func TestKernelTransition(t *testing.T) {
 		{"connect", k(netlinkdiag.StateClose, kSynSent, 0), Closed, SynSend, true},
 		{"handshake done", k(kSynSent, kEstablished, 0), SynSend, Established, true},
 		{"child of a listener", k(netlinkdiag.StateListen, netlinkdiag.StateSynRecv, 0), Closed, SynRcvd, true},
-		{"hand-over to TIME_WAIT", k(kFinWait2, netlinkdiag.StateClose, 0), FinWait2, TimeWait, true},
-		{"hand-over after simultaneous close", k(netlinkdiag.StateClosing, netlinkdiag.StateClose, 0), Closing, TimeWait, true},
-		{"reset in FIN_WAIT2", k(kFinWait2, netlinkdiag.StateClose, 104), FinWait2, Closed, true},
-		{"passive close done", k(netlinkdiag.StateLastAck, netlinkdiag.StateClose, 0), LastAck, Closed, true},
+		{"hand-over to TIME_WAIT", fin(k(kFinWait2, netlinkdiag.StateClose, 0)), FinWait2, TimeWait, true},
+		{"an orphan's hand-over to TIME_WAIT", orphan(fin(k(kFinWait2, netlinkdiag.StateClose, 0))), FinWait2, TimeWait, true},
+		{"hand-over after simultaneous close", fin(k(netlinkdiag.StateClosing, netlinkdiag.StateClose, 0)), Closing, TimeWait, true},
+		{"an orphan's hand-over in FIN_WAIT2", orphan(k(kFinWait2, netlinkdiag.StateClose, 0)), FinWait2, remnant, false},
+		{"abort in FIN_WAIT2", k(kFinWait2, netlinkdiag.StateClose, 0), FinWait2, Closed, true},
+		{"reset in FIN_WAIT2", orphan(k(kFinWait2, netlinkdiag.StateClose, 104)), FinWait2, Closed, true},
+		{"reset after the FIN", fin(k(kFinWait2, netlinkdiag.StateClose, 104)), FinWait2, Closed, true},
+		{"passive close done", fin(k(netlinkdiag.StateLastAck, netlinkdiag.StateClose, 0)), LastAck, Closed, true},
 		{"reset while established", k(kEstablished, netlinkdiag.StateClose, 104), Established, Closed, true},
 		{"undocumented state", k(kEstablished, 99, 0), 0, 0, false},
 	} {
@@ -541,9 +548,26 @@ func TestKernelTransition(t *testing.T) {
 		if ok != c.ok || ok && (tr.From != c.from || tr.To != c.to || tr.Cookie != 9 || tr.At != 7 || tr.Family != IPv6 || tr.Netns != 4026531840) {
 			t.Errorf("%s: %+v, %v; want %v -> %v, %v", c.name, tr, ok, c.from, c.to, c.ok)
 		}
+		if got := c.in.RemnantInFinWait2(); got != (c.to == remnant) {
+			t.Errorf("%s: RemnantInFinWait2() = %v", c.name, got)
+		}
 	}
 	if _, ok := (KernelTransition{Family: 99, Old: kEstablished, New: kCloseWait}).Transition(); ok {
 		t.Error("a transition of an unknown family was mapped")
+	}
+	for _, c := range []struct {
+		in KernelTransition
+		to State
+		ok bool
+	}{
+		{k(kCloseWait, netlinkdiag.StateLastAck, 0), TimeWait, true},
+		{k(kCloseWait, netlinkdiag.StateClose, 32), Closed, true},
+		{k(kEstablished, netlinkdiag.StateFinWait1, 0), 0, false},
+		{k(netlinkdiag.StateLastAck, netlinkdiag.StateClose, 0), 0, false},
+	} {
+		if to, ok := c.in.PeerClosing(); to != c.to || ok != c.ok {
+			t.Errorf("%d->%d: PeerClosing() = %v, %v; want %v, %v", c.in.Old, c.in.New, to, ok, c.to, c.ok)
+		}
 	}
 }
 
@@ -557,7 +581,8 @@ func TestTrackerRefreshFollowsEvents(t *testing.T) {
 	sc.apply(time.Second+time.Millisecond, 2, SynSend, Established)
 	sc.apply(2*time.Second, 2, Established, FinWait1)
 	sc.apply(2*time.Second+time.Millisecond, 2, FinWait1, FinWait2)
-	tr, _ := KernelTransition{At: sc.epoch + int64(3*time.Second), Cookie: 2, Family: unix.AF_INET, Old: kFinWait2, New: netlinkdiag.StateClose}.Transition()
+	tr, _ := KernelTransition{At: sc.epoch + int64(3*time.Second), Cookie: 2, Family: unix.AF_INET, Old: kFinWait2, New: netlinkdiag.StateClose,
+		FinReceived: true}.Transition()
 	sc.tr.Apply(tr)
 	res := sc.tr.Refresh(sc.epoch + int64(10*time.Second))
 	var want Counts
@@ -625,14 +650,20 @@ func TestTrackerCorrectionsOfEvents(t *testing.T) {
 	sc.apply(201*time.Millisecond, 3, SynSend, Established) // then its FIN_WAIT_1 event is lost
 	sc.apply(300*time.Millisecond, 4, Established, FinWait1)
 	sc.apply(301*time.Millisecond, 4, FinWait1, FinWait2)
-	tw, _ := KernelTransition{At: sc.epoch + int64(302*time.Millisecond), Cookie: 4, Family: unix.AF_INET, Old: kFinWait2, New: netlinkdiag.StateClose}.Transition()
-	sc.tr.Apply(tw) // the remnant waits in FIN_WAIT2
+	tw, _ := KernelTransition{At: sc.epoch + int64(302*time.Millisecond), Cookie: 4, Family: unix.AF_INET, Old: kFinWait2, New: netlinkdiag.StateClose,
+		FinReceived: true}.Transition()
+	sc.tr.Apply(tw) // read as TIME_WAIT, but a dump finds it in FIN_WAIT2
 	sc.apply(400*time.Millisecond, 6, Closed, SynSend)
 	sc.apply(401*time.Millisecond, 6, SynSend, Established)
 	sc.apply(402*time.Millisecond, 6, Established, FinWait1)
 	sc.apply(403*time.Millisecond, 6, FinWait1, FinWait2)
-	tw6, _ := KernelTransition{At: sc.epoch + int64(404*time.Millisecond), Cookie: 6, Family: unix.AF_INET, Old: kFinWait2, New: netlinkdiag.StateClose}.Transition()
+	tw6, _ := KernelTransition{At: sc.epoch + int64(404*time.Millisecond), Cookie: 6, Family: unix.AF_INET, Old: kFinWait2, New: netlinkdiag.StateClose,
+		FinReceived: true}.Transition()
 	sc.tr.Apply(tw6) // a remnant killed before its time
+	sc.apply(500*time.Millisecond, 8, Established, FinWait1)
+	sc.apply(501*time.Millisecond, 8, FinWait1, FinWait2) // then a remnant in FIN_WAIT2, which gets its FIN silently
+	sc.apply(600*time.Millisecond, 9, Established, FinWait1)
+	sc.apply(601*time.Millisecond, 9, FinWait1, FinWait2) // then a remnant in FIN_WAIT2 whose timer runs out
 
 	res = sc.poll(time.Second,
 		sock{cookie: 1, kstate: kEstablished},
@@ -640,6 +671,8 @@ func TestTrackerCorrectionsOfEvents(t *testing.T) {
 		sock{cookie: 4, kstate: kFinWait2},
 		sock{cookie: 5, kstate: netlinkdiag.StateSynRecv}, // a request socket: no event expected
 		sock{cookie: 7, kstate: kEstablished},             // its events were lost
+		sock{cookie: 8, kstate: netlinkdiag.StateTimeWait},
+		sock{cookie: 9, kstate: kFinWait2},
 	)
 	want := [NumCorrections]int{CorrectionState: 1, CorrectionHandover: 1, CorrectionUnannounced: 1}
 	if res.Corrections != want {
@@ -651,8 +684,10 @@ func TestTrackerCorrectionsOfEvents(t *testing.T) {
 		sock{cookie: 4, kstate: kFinWait2},
 		sock{cookie: 5, kstate: netlinkdiag.StateSynRecv},
 		sock{cookie: 7, kstate: kEstablished},
+		sock{cookie: 8, kstate: netlinkdiag.StateTimeWait},
 	)
-	// Socket 2 missed twice: its close was lost. Remnant 6's end is no loss.
+	// Socket 2 missed twice: its close was lost. Remnant 6's and 9's ends
+	// are no loss.
 	want = [NumCorrections]int{CorrectionVanished: 1}
 	if res.Corrections != want {
 		t.Errorf("second dump's corrections %v, want %v", res.Corrections, want)
