@@ -61,6 +61,14 @@ func (s *Source) Read(ctx context.Context, fn func([]Event)) error {
 	return s.s.read(ctx, fn)
 }
 
+// Sync returns a channel that is closed once Read has handed fn every event
+// recorded before the call: a consumer that applies the batches fn gets,
+// and then reads the kernel's tables, sees nothing twice. It wakes a
+// waiting Read; without a Read running, the channel is never closed.
+func (s *Source) Sync() <-chan struct{} {
+	return s.s.sync()
+}
+
 // Losses are the events the Source could not deliver, counted since Open.
 // In a healthy run they stay zero; any increase means state changes were
 // missed and whoever builds state from the events must repair it another

@@ -44,6 +44,54 @@ type source struct {
 	rec    ringbuf.Record
 
 	malformed atomic.Uint64
+
+	// syncs waits for Read to have drained the ring since they came.
+	syncMu sync.Mutex
+	syncs  []syncWaiter
+	syncN  atomic.Uint64 // syncs ever asked for; a waiter's seq is its number
+}
+
+// syncWaiter is one Sync: closed once the ring was seen empty after it.
+type syncWaiter struct {
+	seq  uint64
+	done chan struct{}
+}
+
+func (s *source) sync() <-chan struct{} {
+	done := make(chan struct{})
+	s.syncMu.Lock()
+	n := s.syncN.Load() + 1
+	s.syncs = append(s.syncs, syncWaiter{n, done})
+	s.syncN.Store(n) // after the append: a reader that sees n finds it
+	s.syncMu.Unlock()
+	// A waiting ReadInto returns what the ring holds, then ErrFlushed.
+	_ = s.rd.Flush()
+	return done
+}
+
+// synced releases the Syncs asked for up to seq: the ring has since been
+// seen empty, and every event read before was handed over.
+func (s *source) synced(seq uint64) {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	if len(s.syncs) == 0 {
+		return
+	}
+	kept := s.syncs[:0]
+	for _, w := range s.syncs {
+		if w.seq <= seq {
+			close(w.done)
+			continue
+		}
+		kept = append(kept, w)
+	}
+	clear(s.syncs[len(kept):])
+	s.syncs = kept
+	if len(kept) > 0 {
+		// Their flushes may have merged into the one just seen: flush
+		// again, so that the next ReadInto ends the same way.
+		_ = s.rd.Flush()
+	}
 }
 
 // open loads the program, following sockets of the given IP protocol, and
@@ -161,9 +209,12 @@ func (s *source) read(ctx context.Context, fn func([]Event)) error {
 		// The deadline makes ReadInto return the records that are there
 		// without a wakeup, then os.ErrDeadlineExceeded.
 		s.rd.SetDeadline(time.Now().Add(s.interval))
-		err := s.readUntilDeadline(ctx, fn)
+		seq, err := s.readUntilDeadline(ctx, fn)
 		switch {
-		case err == nil, errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
+		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
+			// The ring ran dry after every Sync up to seq.
+			s.synced(seq)
+		case err == nil:
 		case errors.Is(err, os.ErrClosed):
 			return fmt.Errorf("bpfsource: read: %w", os.ErrClosed)
 		case ctx.Err() != nil:
@@ -175,16 +226,18 @@ func (s *source) read(ctx context.Context, fn func([]Event)) error {
 }
 
 // readUntilDeadline hands batches to fn until ReadInto fails, as it does at
-// the reader's deadline, or until ctx ends, and returns that error. It
-// hands over a batch when it is full and when the ring has run dry.
-func (s *source) readUntilDeadline(ctx context.Context, fn func([]Event)) error {
+// the reader's deadline, or until ctx ends, and returns that error, with
+// the latest Sync asked for before the ReadInto that failed. It hands over
+// a batch when it is full and when the ring has run dry.
+func (s *source) readUntilDeadline(ctx context.Context, fn func([]Event)) (uint64, error) {
 	n := 0
 	for {
+		seq := s.syncN.Load()
 		if err := s.rd.ReadInto(&s.rec); err != nil {
 			if n > 0 {
 				fn(s.batch[:n])
 			}
-			return err
+			return seq, err
 		}
 		if !decodeRecord(s.rec.RawSample, &s.batch[n]) {
 			s.malformed.Add(1)
@@ -196,7 +249,7 @@ func (s *source) readUntilDeadline(ctx context.Context, fn func([]Event)) error 
 			n = 0
 			// A busy ring may never run dry.
 			if err := ctx.Err(); err != nil {
-				return err
+				return 0, err
 			}
 		}
 	}

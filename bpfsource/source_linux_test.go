@@ -1320,3 +1320,41 @@ func TestIntegrationCloseRemnants(t *testing.T) {
 		}
 	}
 }
+
+// TestIntegrationSync: with a read interval too long to matter, Sync
+// alone makes Read hand over every event recorded before it, and only
+// then closes its channel.
+func TestIntegrationSync(t *testing.T) {
+	netnstest.RequireRoot(t)
+	src := openSource(t, Options{ReadInterval: time.Hour}, ipprotoTCP)
+	path, netns := namespace(t)
+	rec := record(t, src, netns)
+	for range 3 {
+		c := connect(t, path, unix.AF_INET, 0)
+		client, server := c.client.cookie(t), c.server.cookie(t)
+		select {
+		case <-src.Sync():
+		case <-time.After(5 * time.Second):
+			t.Fatal("Sync not done 5 s later")
+		}
+		got := byCookie(rec.snapshot(), map[uint64]string{client: "client", server: "server"})
+		if len(got["client"]) != 2 || len(got["server"]) != 2 {
+			t.Fatalf("once synced, the connection's events are %v; want two of each end\n%s", got, formatEvents(rec.snapshot()))
+		}
+		c.client.close(t)
+		c.server.close(t)
+		c.listener.close(t)
+	}
+	// Syncs asked for at once are all released.
+	chans := make([]<-chan struct{}, 10)
+	for i := range chans {
+		chans[i] = src.Sync()
+	}
+	for i, ch := range chans {
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Sync %d of 10 not done 5 s later", i)
+		}
+	}
+}

@@ -22,4 +22,6 @@ func (*source) read(context.Context, func([]Event)) error { return errPlatform }
 
 func (*source) losses() (Losses, error) { return Losses{}, errPlatform }
 
+func (*source) sync() <-chan struct{} { return make(chan struct{}) }
+
 func (*source) close() error { return nil }

@@ -60,9 +60,60 @@ type LossCounter interface {
 	Losses() (bpfsource.Losses, error)
 }
 
+// syncer is an event source that says when it has handed over every event
+// recorded so far; *bpfsource.Source is one.
+type syncer interface {
+	Sync() <-chan struct{}
+}
+
+// syncWait bounds how long a dump waits for the events before it.
+const syncWait = time.Second
+
+// catchUp applies every event the source recorded before now, so that a
+// dump that follows counts nothing twice: a change the dump sees would
+// otherwise be counted again when its late event came. Without a syncer it
+// applies what the feed holds.
+func (p *Poller) catchUp(ctx context.Context, feed *Feed, src LossCounter) {
+	if s, ok := src.(syncer); ok {
+		done := s.Sync()
+		timeout := time.NewTimer(syncWait)
+		defer timeout.Stop()
+	wait:
+		for {
+			select {
+			case b := <-feed.full:
+				p.applyFeed(feed, b)
+			case <-done:
+				break wait
+			case <-timeout.C:
+				p.cfg.Logger.Debug("events not caught up before a dump", "waited", syncWait)
+				break wait
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+	for {
+		select {
+		case b := <-feed.full:
+			p.applyFeed(feed, b)
+		default:
+			return
+		}
+	}
+}
+
+// applyFeed applies a buffer of the feed and gives it back.
+func (p *Poller) applyFeed(feed *Feed, b []KernelTransition) {
+	p.ApplyEvents(b)
+	feed.free <- b[:0]
+}
+
 // RunFeed is Run for precise mode: it applies the changes the feed brings
 // as they come, publishes what they changed every publish, and still
-// polls every Interval to reconcile the trackers with the kernel's tables.
+// polls every Interval to reconcile the trackers with the kernel's tables
+// (with every namespace observed, a share of the namespaces at each
+// publish: see Reconcile).
 // Before each publish it reads losses, if not nil: events the source lost
 // are counted, and a loss polls at once, so that a dump repairs what the
 // lost events would have changed. Polls that overrun the interval drop
@@ -78,22 +129,28 @@ func (p *Poller) RunFeed(ctx context.Context, feed *Feed, publish time.Duration,
 	polls, pubs := time.NewTicker(interval), time.NewTicker(publish)
 	defer polls.Stop()
 	defer pubs.Stop()
+	p.beforeDump = func() { p.catchUp(ctx, feed, losses) }
+	defer func() { p.beforeDump = nil }()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case b := <-feed.full:
-			p.ApplyEvents(b)
-			feed.free <- b[:0]
+			p.applyFeed(feed, b)
 		case <-pubs.C:
-			if p.countLosses(losses) {
+			switch {
+			case p.countLosses(losses):
 				_ = p.Poll(ctx) // publishes too
 				polls.Reset(interval)
-				continue
+			case p.discovery != nil:
+				_ = p.Reconcile(ctx, publish) // counted and logged by Reconcile
+			default:
+				p.Publish()
 			}
-			p.Publish()
 		case <-polls.C:
-			_ = p.Poll(ctx) // counted and logged by Poll
+			if p.discovery == nil {
+				_ = p.Poll(ctx) // counted and logged by Poll
+			}
 		}
 	}
 }

@@ -149,3 +149,88 @@ func (c *countingDumper) dumps() int {
 	defer c.mu.Unlock()
 	return c.n
 }
+
+// heldBack is an event source whose events wait in the kernel until a Sync
+// asks for them, as events do between two reads of the ring buffer.
+type heldBack struct {
+	feed   *Feed
+	events []bpfsource.Event
+}
+
+func (h *heldBack) Losses() (bpfsource.Losses, error) { return bpfsource.Losses{}, nil }
+
+func (h *heldBack) Sync() <-chan struct{} {
+	done := make(chan struct{})
+	evs := h.events
+	h.events = nil
+	go func() {
+		_ = h.feed.Push(context.Background(), evs)
+		close(done)
+	}()
+	return done
+}
+
+// TestRunFeedCatchesUpBeforeADump: the events recorded before a dump are
+// applied before it, so that the dump finds what they said and counts no
+// change twice, nor any correction.
+func TestRunFeedCatchesUpBeforeADump(t *testing.T) {
+	const ino = 4026532001
+	socks := []netlinkdiag.Socket{est(1)}
+	var mu sync.Mutex
+	d := dumperFunc(func(fn func(*netlinkdiag.Socket) error) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range socks {
+			if err := fn(&socks[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	p := NewPoller(d, Config{Interval: 20 * time.Millisecond, MaxTracked: 100, NetnsInode: ino})
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Socket 1 closes; the kernel holds the events back, and its table
+	// now shows the TIME_WAIT remnant.
+	now := monotonic()
+	ev := func(dt int64, old, new uint8) bpfsource.Event {
+		return bpfsource.Event{Time: now + dt, Cookie: 1, Netns: ino, Family: syscall.AF_INET, OldState: old, NewState: new, FinReceived: true}
+	}
+	feed := NewFeed(2, 2)
+	src := &heldBack{feed: feed, events: []bpfsource.Event{
+		ev(1000, netlinkdiag.StateEstablished, netlinkdiag.StateFinWait1),
+		ev(2000, netlinkdiag.StateFinWait1, netlinkdiag.StateFinWait2),
+		ev(3000, netlinkdiag.StateFinWait2, netlinkdiag.StateClose),
+	}}
+	mu.Lock()
+	socks = []netlinkdiag.Socket{{Family: syscall.AF_INET, State: netlinkdiag.StateTimeWait, Cookie: 1}}
+	mu.Unlock()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.RunFeed(ctx, feed, time.Hour, src); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Snapshot().Polls < 3 {
+		if time.Now().After(deadline) {
+			t.Fatal("fewer than 3 polls in 5 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	s := p.Snapshot()
+	if s.Transitions[Established][FinWait1] != 1 || s.Transitions[FinWait1][FinWait2] != 1 || s.Transitions[FinWait2][TimeWait] != 1 || s.Transitions[Established][TimeWait] != 0 {
+		t.Errorf("transitions from ESTABLISHED %v, FIN_WAIT_1 %v, FIN_WAIT_2 %v; want each change once", s.Transitions[Established], s.Transitions[FinWait1], s.Transitions[FinWait2])
+	}
+	if s.Corrections != ([NumCorrections]uint64{}) || s.Sockets[IPv4][TimeWait] != 1 {
+		t.Errorf("corrections %v, TIME_WAIT %d; want none and 1", s.Corrections, s.Sockets[IPv4][TimeWait])
+	}
+}
+
+// dumperFunc is a Dumper made of a function.
+type dumperFunc func(fn func(*netlinkdiag.Socket) error) error
+
+func (f dumperFunc) DumpTCP(_ context.Context, _ netlinkdiag.Request, fn func(*netlinkdiag.Socket) error) error {
+	return f(fn)
+}

@@ -476,6 +476,12 @@ func (t *Tracker) Apply(tr Transition) {
 		}
 		return
 	}
+	if ok && at < e.lastSeen {
+		// A dump that began after the change saw the socket, and has
+		// counted it where the change and any later ones had taken it:
+		// an event that comes late (see RunFeed) is not counted again.
+		return
+	}
 	t.transitions[tr.From][tr.To]++
 	if ok {
 		if e.state == tr.From && !e.unknown && t.stay != nil {

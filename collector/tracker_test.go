@@ -693,3 +693,25 @@ func TestTrackerCorrectionsOfEvents(t *testing.T) {
 		t.Errorf("second dump's corrections %v, want %v", res.Corrections, want)
 	}
 }
+
+// TestTrackerLateEventsAfterADump: events that happened before a dump
+// that saw their socket, but come after it, are not counted again.
+func TestTrackerLateEventsAfterADump(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	sc.apply(100*time.Millisecond, 1, Closed, SynSend)
+	sc.apply(101*time.Millisecond, 1, SynSend, Established)
+	// The dump at 1 s sees socket 1 in TIME_WAIT, and socket 2 (its
+	// peer) gone; their changes at 0.5 s come after it.
+	res := sc.poll(time.Second, sock{cookie: 1, kstate: netlinkdiag.StateTimeWait})
+	sc.apply(500*time.Millisecond, 1, Established, FinWait1)
+	sc.apply(501*time.Millisecond, 1, FinWait1, FinWait2)
+	sc.apply(502*time.Millisecond, 1, FinWait2, TimeWait)
+	sc.wantTransitions(map[[2]State]uint64{{Closed, SynSend}: 1, {SynSend, Established}: 1, {Established, TimeWait}: 1})
+	if res.Corrections[CorrectionState] != 1 {
+		t.Errorf("corrections %v, want the dump's one state correction", res.Corrections)
+	}
+	// A change after the dump counts.
+	sc.apply(61*time.Second, 1, TimeWait, Closed)
+	sc.wantTransitions(map[[2]State]uint64{{Closed, SynSend}: 1, {SynSend, Established}: 1, {Established, TimeWait}: 1, {TimeWait, Closed}: 1})
+}
