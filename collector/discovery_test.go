@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"syscall"
 	"testing"
@@ -26,6 +27,9 @@ type nsDumper struct {
 func (d *nsDumper) DumpTCP(ctx context.Context, req netlinkdiag.Request, fn func(*netlinkdiag.Socket) error) error {
 	if d.closed {
 		return errors.New("dump on a closed dumper")
+	}
+	if d.world.dumps != nil {
+		d.world.dumps[d.id]++
 	}
 	if err := d.world.fails[d.id]; err != nil {
 		return err
@@ -51,11 +55,14 @@ type world struct {
 	sockets map[uint64][]netlinkdiag.Socket
 	fails   map[uint64]error // a namespace's dumps fail so
 	dialed  []*nsDumper
+	dumps   map[uint64]int // dumps by namespace, if not nil
+	listed  int            // calls of Discover
 }
 
 func (w *world) discovery() Discovery {
 	return Discovery{
 		Discover: func() ([]Namespace, error) {
+			w.listed++
 			var out []Namespace
 			for id, name := range w.names {
 				out = append(out, Namespace{ID: id, Name: name, Path: w.paths[id]})
@@ -300,5 +307,84 @@ func TestDiscoveringPollerKeepsUnsupportedNamespace(t *testing.T) {
 	}
 	if s := p.Snapshot(); len(s.Namespaces) != 2 || s.Sockets[IPv4][Established] != 2 {
 		t.Errorf("after the handler appeared: %d namespaces, %d ESTABLISHED; want 2 and 2", len(s.Namespaces), s.Sockets[IPv4][Established])
+	}
+}
+
+// TestReconcileSpreadsDumps: in precise mode with every namespace
+// observed, each namespace is dumped once per interval, a share at each
+// tick rather than all at once; a new namespace is dumped as soon as it
+// is found, a vanished one dropped; namespaces are listed once per
+// interval, or sooner when events come from one not observed.
+func TestReconcileSpreadsDumps(t *testing.T) {
+	w := &world{names: map[uint64]string{}, paths: map[uint64]string{}, sockets: map[uint64][]netlinkdiag.Socket{}, dumps: map[uint64]int{}}
+	for id := uint64(1); id <= 6; id++ {
+		w.names[id], w.paths[id], w.sockets[id] = fmt.Sprint("ns", id), fmt.Sprint("/ns", id), []netlinkdiag.Socket{sockAt(id, netlinkdiag.StateEstablished, 80)}
+	}
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	const tick = time.Second
+	p := NewDiscoveringPoller(w.discovery(), Config{Interval: 3 * time.Second, MaxTracked: 100, Now: clock.Now})
+	ctx := context.Background()
+	if err := p.Poll(ctx); err != nil { // start-up: every namespace at once
+		t.Fatal(err)
+	}
+	step := func() map[uint64]int {
+		clear(w.dumps)
+		clock.now = clock.now.Add(tick)
+		if err := p.Reconcile(ctx, tick); err != nil {
+			t.Fatal(err)
+		}
+		return maps.Clone(w.dumps)
+	}
+	ticks := map[uint64][]int{} // the ticks each namespace was dumped at
+	for i := 1; i <= 9; i++ {
+		got := step()
+		n := 0
+		for id, c := range got {
+			ticks[id] = append(ticks[id], i)
+			n += c
+		}
+		// None is due before the third tick; then two at each.
+		if want := map[bool]int{true: 0, false: 2}[i < 3]; n != want {
+			t.Errorf("tick %d: %d dumps %v, want %d", i, n, got, want)
+		}
+	}
+	for id := uint64(1); id <= 6; id++ {
+		got := ticks[id]
+		if len(got) < 2 {
+			t.Errorf("namespace %d dumped at ticks %v, want every 3", id, got)
+		}
+		for i := 1; i < len(got); i++ {
+			if got[i]-got[i-1] != 3 {
+				t.Errorf("namespace %d dumped at ticks %v, want every 3", id, got)
+			}
+		}
+	}
+	if w.listed != 4 {
+		t.Errorf("namespaces listed %d times, want 4 (start-up, then every 3 s)", w.listed)
+	}
+	if got := byName(p.Snapshot()); len(got) != 6 || got["ns1"][IPv4][Established] != 1 {
+		t.Errorf("per-namespace counts %v", got)
+	}
+
+	// A namespace appears, and events from it come before it is found:
+	// at most rediscoverAfter later it is listed, and dumped at once.
+	w.names[7], w.paths[7], w.sockets[7] = "ns7", "/ns7", []netlinkdiag.Socket{sockAt(70, netlinkdiag.StateListen, 80)}
+	delete(w.names, 3)
+	delete(w.sockets, 3)
+	p.ApplyEvents([]KernelTransition{{At: clock.now.UnixNano(), Cookie: 71, Netns: 7, Family: syscall.AF_INET, Old: netlinkdiag.StateClose, New: netlinkdiag.StateSynSent}})
+	listed := w.listed
+	var found int
+	for i := range 6 {
+		if step()[7] > 0 {
+			found = i + 1
+			break
+		}
+	}
+	if found == 0 || w.listed != listed+1 {
+		t.Fatalf("namespace 7 not dumped within 6 s of its first event (listed %d more times)", w.listed-listed)
+	}
+	got := byName(p.Snapshot())
+	if _, ok := got["ns3"]; ok || got["ns7"][IPv4][Listen] != 1 {
+		t.Errorf("after ns3 vanished and ns7 appeared: %v", got)
 	}
 }

@@ -1,12 +1,14 @@
 package collector
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -146,6 +148,11 @@ type Discovery struct {
 	Discover func() ([]Namespace, error)
 	// Dial opens a dumper into a namespace Discover listed.
 	Dial func(Namespace) (DumpCloser, error)
+	// Still, if set, reports cheaply whether a namespace is still where
+	// Discover found it (its path names it). Between discoveries in
+	// precise mode (see Reconcile), one that is not makes the Poller
+	// discover again at once.
+	Still func(Namespace) bool
 }
 
 // Config configures a Poller.
@@ -209,11 +216,12 @@ type target struct {
 	remnants map[connection]uint64
 
 	// The current dump's sockets wait here until a batch is full.
-	begun int64 // the dump's clock reading
-	batch [BatchLen]Observation
-	extra [BatchLen]socketExtra
-	dup   [BatchLen]bool
-	n     int
+	begun  int64 // the dump's clock reading
+	dumped bool  // a dump has begun since the target was opened
+	batch  [BatchLen]Observation
+	extra  [BatchLen]socketExtra
+	dup    [BatchLen]bool
+	n      int
 }
 
 // connection is a TCP connection's local and remote ends.
@@ -240,6 +248,15 @@ type Poller struct {
 	targets []*target
 	byInode map[uint64]*target // targets by namespace inode, for events
 	next    Snapshot
+
+	// In precise mode with discovery (see Reconcile): when namespaces were
+	// last discovered, and whether events came from one not observed.
+	discovered   int64
+	unknownNetns bool
+	// beforeDump, while RunFeed runs, applies the events recorded before
+	// a dump begins.
+	beforeDump func()
+	due        []*target // Reconcile's, kept to reuse
 
 	snap atomic.Pointer[Snapshot]
 }
@@ -272,9 +289,13 @@ func newPoller(cfg Config) *Poller {
 // NewPoller returns a Poller reading the one namespace d dumps.
 func NewPoller(d Dumper, cfg Config) *Poller {
 	p := newPoller(cfg)
-	p.targets = []*target{p.newTarget(Namespace{}, d, nil)}
+	p.targets = []*target{p.newTarget(Namespace{ID: cfg.NetnsInode}, d, nil)}
 	return p
 }
+
+// namespaced is a Dumper that says which namespace its last dump read;
+// *netlinkdiag.Conn is one.
+type namespaced interface{ NetnsInode() uint64 }
 
 // NewDiscoveringPoller returns a Poller that, at every poll, observes each
 // namespace disc finds, labelled by its name. Namespaces that appear are
@@ -370,10 +391,12 @@ func (p *Poller) Poll(ctx context.Context) error {
 	start := p.cfg.Now()
 	var errs []error
 	if p.discovery != nil {
-		if err := p.rediscover(); err != nil {
-			p.next.Errors[ReasonNamespace]++
+		if err := p.discover(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if p.beforeDump != nil {
+		p.beforeDump()
 	}
 	for _, t := range p.targets {
 		if err := p.pollTarget(ctx, t); err != nil {
@@ -383,7 +406,12 @@ func (p *Poller) Poll(ctx context.Context) error {
 	if p.discovery != nil {
 		p.dropVanished()
 	}
+	p.polled(start)
+	return errors.Join(errs...)
+}
 
+// polled counts a poll that began at start, and publishes it.
+func (p *Poller) polled(start time.Time) {
 	took := p.cfg.Now().Sub(start)
 	p.next.Polls++
 	if p.cfg.Interval > 0 && took > p.cfg.Interval {
@@ -393,13 +421,103 @@ func (p *Poller) Poll(ctx context.Context) error {
 	if p.cfg.ObservePoll != nil {
 		p.cfg.ObservePoll(took)
 	}
+}
+
+// discover opens the namespaces that appeared and marks those that
+// vanished, counting a failure.
+func (p *Poller) discover() error {
+	p.discovered, p.unknownNetns = p.cfg.Mono(), false
+	err := p.rediscover()
+	if err != nil {
+		p.next.Errors[ReasonNamespace]++
+	}
+	return err
+}
+
+// moved reports whether a namespace is no longer where it was found.
+func (p *Poller) moved() bool {
+	if p.discovery.Still == nil {
+		return false
+	}
+	for _, t := range p.targets {
+		if !p.discovery.Still(t.ns) {
+			return true
+		}
+	}
+	return false
+}
+
+// rediscoverAfter is how soon after the last discovery events from a
+// namespace the Poller does not observe make it look again.
+const rediscoverAfter = 5 * time.Second
+
+// Reconcile is Poll for precise mode with every namespace observed, where
+// events keep the counts and dumps only reconcile: called every tick, it
+// dumps each namespace once per Interval, a share of them at each tick
+// rather than all at once, and a namespace it has not dumped yet at once.
+// It discovers namespaces once per Interval, at once when one is no longer
+// where it was found (Discovery.Still), and sooner (at most every
+// rediscoverAfter) when events come from one it does not observe. It
+// publishes what the events changed in the others, as Publish does. Like
+// Poll, it must run on the goroutine that owns the Poller.
+func (p *Poller) Reconcile(ctx context.Context, tick time.Duration) error {
+	if p.discovery == nil {
+		return errors.New("collector: Reconcile needs a discovering Poller")
+	}
+	interval := p.cfg.Interval
+	if interval <= 0 {
+		interval = time.Minute
+	}
+	start, now := p.cfg.Now(), p.cfg.Mono()
+	var errs []error
+	if since := time.Duration(now - p.discovered); since >= interval || p.unknownNetns && since >= rediscoverAfter || p.moved() {
+		if err := p.discover(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Due: never dumped, or dumped an interval ago; the longest waiting
+	// first, as many as spread the namespaces evenly over the interval.
+	share := int((int64(len(p.targets))*int64(tick) + int64(interval) - 1) / int64(interval))
+	due := p.due[:0]
+	for _, t := range p.targets {
+		switch {
+		case t.ns.ID == 0:
+		case !t.dumped:
+			due = append(due, t)
+			share++
+		case time.Duration(now-t.begun) >= interval-tick/2:
+			due = append(due, t)
+		}
+	}
+	slices.SortFunc(due, func(a, b *target) int { return cmp.Compare(a.begun, b.begun) })
+	if len(due) > 0 && p.beforeDump != nil {
+		p.beforeDump()
+		now = p.cfg.Mono() // the results refreshed below are as of after it
+	}
+	var dumped bool
+	for _, t := range due[:min(share, len(due))] {
+		if err := p.pollTarget(ctx, t); err != nil {
+			errs = append(errs, err)
+		}
+		dumped = true
+	}
+	clear(due)
+	p.due = due[:0]
+	p.dropVanished()
+	if dumped {
+		// The others' results, as the events moved them since.
+		p.refresh(func(t *target) bool { return t.begun < now })
+		p.polled(start)
+	} else {
+		p.Publish()
+	}
 	return errors.Join(errs...)
 }
 
 // pollTarget dumps one namespace into its tracker.
 func (p *Poller) pollTarget(ctx context.Context, t *target) error {
 	wall := p.cfg.Now()
-	t.begun = p.cfg.Mono()
+	t.begun, t.dumped = p.cfg.Mono(), true
 	t.pending = t.pending[:0]
 	t.unknown, t.n = 0, 0
 	t.ports.reset()
@@ -414,6 +532,11 @@ func (p *Poller) pollTarget(ctx context.Context, t *target) error {
 		err = nil
 	}
 	var res PollResult
+	if n, ok := t.dumper.(namespaced); ok && p.discovery == nil && t.ns.ID != 0 {
+		// A namespace path may come to name a new namespace, which the
+		// dumper follows: so do events.
+		t.ns.ID = n.NetnsInode()
+	}
 	if err == nil {
 		res = t.tracker.Commit()
 		res.Unknown = t.unknown
@@ -584,6 +707,7 @@ func (p *Poller) ApplyEvents(batch []KernelTransition) {
 		k := &batch[i]
 		t := p.eventTarget(uint64(k.Netns))
 		if t == nil {
+			p.unknownNetns = p.discovery != nil
 			continue
 		}
 		if k.RemnantInFinWait2() {
@@ -632,7 +756,7 @@ func (t *target) pruneRemnants() {
 // eventTarget is the target that observes the namespace with inode ino.
 func (p *Poller) eventTarget(ino uint64) *target {
 	if p.discovery == nil {
-		if len(p.targets) == 1 && (p.cfg.NetnsInode == 0 || p.cfg.NetnsInode == ino) {
+		if len(p.targets) == 1 && (p.targets[0].ns.ID == 0 || p.targets[0].ns.ID == ino) {
 			return p.targets[0]
 		}
 		return nil
@@ -652,9 +776,16 @@ func (p *Poller) eventTarget(ino uint64) *target {
 // breakdown and attribution stay those of the last complete poll. Like
 // Poll, it must run on the goroutine that owns the Poller.
 func (p *Poller) Publish() {
+	p.refresh(func(*target) bool { return true })
+	p.publish()
+}
+
+// refresh brings the results of the targets for which which is true up to
+// now, from what their trackers hold.
+func (p *Poller) refresh(which func(*target) bool) {
 	wall, now := p.cfg.Now(), p.cfg.Mono()
 	for _, t := range p.targets {
-		if t.last.Time.IsZero() {
+		if t.last.Time.IsZero() || !which(t) {
 			continue // nothing to start from until a complete dump
 		}
 		res := t.tracker.Refresh(now)
@@ -662,7 +793,6 @@ func (p *Poller) Publish() {
 		t.last.PollResult, t.last.Time = res, wall
 		p.countTransitions(t)
 	}
-	p.publish()
 }
 
 // publish assembles the targets' latest results into a new snapshot and

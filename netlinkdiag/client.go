@@ -44,6 +44,12 @@ func (c *Conn) Close() error {
 	return c.c.close()
 }
 
+// NetnsInode returns the inode of the network namespace the socket was
+// last opened in (as stat(2) of /proc/PID/ns/net shows it): the one its
+// last dump read. A Conn whose namespace path comes to name a new
+// namespace follows it at the next dump.
+func (c *Conn) NetnsInode() uint64 { return c.c.netnsInode() }
+
 // DumpTCP dumps the TCP sockets req selects and calls fn for each, in the
 // order the kernel reports them. The Socket passed to fn, Attrs included, is
 // overwritten by the next one: copy what must outlive the call. An error from

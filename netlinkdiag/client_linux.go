@@ -63,6 +63,8 @@ func identify(h netns.NsHandle) (nsID, error) {
 	return nsID{st.Dev, st.Ino}, nil
 }
 
+func (c *conn) netnsInode() uint64 { return c.ns.ino }
+
 func dial(path string) (*conn, error) {
 	c := &conn{path: path, self: netns.None(), buf: make([]byte, recvBufLen), timeout: recvTimeout}
 	c.recvFn = c.recvmsg

@@ -18,6 +18,8 @@ func dial(string) (*conn, error) { return nil, errUnsupported }
 
 func (*conn) close() error { return errUnsupported }
 
+func (*conn) netnsInode() uint64 { return 0 }
+
 func (*conn) dumpTCP(context.Context, Request, func(*Socket) error) error {
 	return errUnsupported
 }

@@ -110,7 +110,7 @@ func testChurnKeepsLeakExact(t *testing.T, buckets int, d time.Duration) {
 	// that no test traffic crosses the host's loopback.
 	view, viewPath := netnstest.New(t)
 	p := exportertest.StartWith(t, exportertest.Options{Wrapper: netnstest.Exec(view)},
-		"--netns="+name, "--poll.interval="+interval.String())
+		"--netns="+name, "--mode=poll", "--poll.interval="+interval.String())
 	client := clientIn(viewPath)
 	url := p.URL + "/metrics"
 
@@ -416,7 +416,7 @@ func TestIntegrationCloseReportedAtSecondMiss(t *testing.T) {
 	held := holdCloseWait(t, path, 1)
 	view, viewPath := netnstest.New(t)
 	p := exportertest.StartWith(t, exportertest.Options{Wrapper: netnstest.Exec(view)},
-		"--netns="+name, "--poll.interval="+interval.String())
+		"--netns="+name, "--mode=poll", "--poll.interval="+interval.String())
 	client := clientIn(viewPath)
 	url := p.URL + "/metrics"
 	closes := func(m exportertest.Metrics) float64 {

@@ -164,7 +164,7 @@ func TestIntegrationNamespaceDeletedWhileRunning(t *testing.T) {
 	requireTool(t, "ip")
 	name, path := netnstest.New(t)
 	old := listenIn(t, path)
-	p := exportertest.Start(t, "--netns="+name, "--poll.interval=100ms")
+	p := exportertest.Start(t, "--netns="+name, "--mode=poll", "--poll.interval=100ms")
 	url := p.URL + "/metrics"
 	if _, ok := eventually(t, url, 5*time.Second, func(m exportertest.Metrics) bool {
 		return m.Value("tcpstate_sockets", "family=ipv4", "state=LISTEN") == 1
@@ -417,7 +417,7 @@ func TestBadFlagValues(t *testing.T) {
 // known start (no transition, no stay).
 func TestIntegrationRestartStartsClean(t *testing.T) {
 	name, path := netnstest.New(t)
-	args := []string{"--netns=" + name, "--poll.interval=50ms"}
+	args := []string{"--netns=" + name, "--mode=poll", "--poll.interval=50ms"}
 
 	first := exportertest.Start(t, args...)
 	if _, ok := eventually(t, first.URL+"/metrics", 5*time.Second, func(m exportertest.Metrics) bool {

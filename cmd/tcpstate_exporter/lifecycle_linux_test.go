@@ -22,7 +22,7 @@ func TestIntegrationSIGTERMDuringPoll(t *testing.T) {
 	}
 	defer pop.Close()
 	for i := range 4 {
-		p := exportertest.Start(t, "--netns="+name, "--poll.interval=10ms")
+		p := exportertest.Start(t, "--netns="+name, "--mode=poll", "--poll.interval=10ms")
 		m, ok := eventually(t, p.URL+"/metrics", 10*time.Second, func(m exportertest.Metrics) bool {
 			return m.Value("tcpstate_polls_total") >= 5
 		})

@@ -102,7 +102,7 @@ func TestIntegrationLoad(t *testing.T) {
 	duration := loadDuration(t)
 	warmup := duration / 6
 	name, path := netnstest.New(t)
-	p := exportertest.Start(t, "--netns="+name, "--poll.interval="+interval.String())
+	p := exportertest.Start(t, "--netns="+name, "--mode=poll", "--poll.interval="+interval.String())
 	url := p.URL + "/metrics"
 	if _, ok := eventually(t, url, 5*time.Second, func(m exportertest.Metrics) bool {
 		return m.Value("tcpstate_polls_total") >= 2

@@ -87,7 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	attrStates := app.Flag("attribution.states", "Comma-separated TCP states whose sockets are attributed to processes (tcpstate_process_sockets); empty turns attribution off.").Default("CLOSE_WAIT").String()
 	attrInterval := app.Flag("attribution.interval", "How often to attribute sockets to processes by walking /proc/PID/fd.").Default("15s").String()
 	app.Flag("attribution.top", "Process names named in tcpstate_process_sockets; the rest are summed as process=\"other\".").Default("10").IntVar(&o.attrTop)
-	app.Flag("mode", "poll: dump the socket tables every --poll.interval. precise: follow every TCP state change through the kernel's inet_sock_set_state tracepoint (eBPF; needs CAP_BPF and CAP_PERFMON at start-up), dumping only every --precise.dump-interval to reconcile; in development. auto: precise where the kernel and privileges allow it, else poll.").Default("poll").EnumVar(&o.mode, "poll", "precise", "auto")
+	app.Flag("mode", "precise: follow every TCP state change through the kernel's inet_sock_set_state tracepoint (eBPF; needs CAP_BPF and CAP_PERFMON at start-up, Linux 5.12 or later), dumping only every --precise.dump-interval to reconcile. poll: dump the socket tables every --poll.interval. auto: precise where the kernel and privileges allow it, else poll.").Default("auto").EnumVar(&o.mode, "poll", "precise", "auto")
 	app.Flag("precise.ring-bytes", "In precise mode, the size of the kernel's ring buffer of events: a power of two, at least the page size. Events that find it full are lost, counted in tcpstate_events_lost_total and repaired by a dump.").Default(strconv.Itoa(bpfsource.DefaultRingBytes)).IntVar(&o.ringBytes)
 	dumpInterval := app.Flag("precise.dump-interval", "In precise mode, how often to dump the socket tables to reconcile what the events built.").Default("30s").String()
 	o.log.Level = promslog.NewLevel()
@@ -176,6 +176,10 @@ func newPoller(o *options, cfg collector.Config) (*collector.Poller, []exporter.
 			Discover: discover,
 			Dial: func(ns collector.Namespace) (collector.DumpCloser, error) {
 				return netlinkdiag.Dial(netlinkdiag.Options{NetNS: ns.Path})
+			},
+			Still: func(ns collector.Namespace) bool {
+				var st syscall.Stat_t
+				return syscall.Stat(ns.Path, &st) == nil && st.Ino == ns.ID
 			},
 		}, cfg)
 		return p, []exporter.Option{exporter.WithNamespaces()}, p.Close, nil

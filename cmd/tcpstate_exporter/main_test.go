@@ -113,7 +113,7 @@ func pair(t *testing.T, path string) (client, server int) {
 func TestIntegrationTimeInState(t *testing.T) {
 	const interval = 200 * time.Millisecond
 	name, path := netnstest.New(t)
-	p := exportertest.Start(t, "--netns="+name, fmt.Sprintf("--poll.interval=%v", interval))
+	p := exportertest.Start(t, "--netns="+name, "--mode=poll", fmt.Sprintf("--poll.interval=%v", interval))
 	// Let the exporter poll the empty namespace, so what follows is new
 	// and has a known start.
 	if _, ok := eventually(t, p.URL+"/metrics", 5*time.Second, func(m exportertest.Metrics) bool {

@@ -225,7 +225,7 @@ func TestIntegrationPrivilegesDroppedAfterStartup(t *testing.T) {
 		}, args...)
 	}
 
-	p := serve("--netns="+name, "--poll.interval=100ms")
+	p := serve("--netns="+name, "--mode=poll", "--poll.interval=100ms")
 	exportertest.Scrape(t, p.URL+"/metrics")
 	want := mask(unix.CAP_DAC_READ_SEARCH, unix.CAP_SYS_PTRACE, unix.CAP_SYS_ADMIN)
 	got := capsOfAllThreads(t, p.PID())
@@ -242,7 +242,7 @@ func TestIntegrationPrivilegesDroppedAfterStartup(t *testing.T) {
 	unix.Close(listener)
 	p.Stop(t)
 
-	p = serve("--poll.interval=100ms")
+	p = serve("--mode=poll", "--poll.interval=100ms")
 	exportertest.Scrape(t, p.URL+"/metrics")
 	want = mask(unix.CAP_DAC_READ_SEARCH, unix.CAP_SYS_PTRACE)
 	if got := capsOfAllThreads(t, p.PID()); got != (threadCaps{Eff: want, Prm: want, Inh: mask(), Bnd: want, Amb: mask(), NoNewPrivs: "1"}) {
