@@ -59,6 +59,10 @@ const testFor = "3s"
 // keeps what it sees of the test's namespace: the dashboard's namespace
 // variable and panels are checked both with the netns label (that exporter,
 // the test's namespace chosen) and without it (the first, All chosen).
+//
+// A third observes the test's namespace in precise mode, where the kernel
+// allows it: the dashboard's kernel-event queries, which only precise mode
+// serves data for, run for it.
 func TestIntegrationPrometheusEndToEnd(t *testing.T) {
 	netnstest.RequireRoot(t)
 	prometheus := requireTool(t, "prometheus", promtoolHint)
@@ -82,6 +86,18 @@ func TestIntegrationPrometheusEndToEnd(t *testing.T) {
 		"--port.top=10000",
 		"--attribution.states=",
 	)
+	// --mode=auto: a kernel without what precise mode needs polls, and
+	// the queries of precise mode's metrics are then not checked.
+	preciseAddr := startExporter(t, ctx,
+		"--netns="+nsName,
+		"--mode=auto",
+		"--precise.dump-interval=5s",
+		"--attribution.states=",
+	)
+	precise := exportertest.Scrape(t, "http://"+preciseAddr+"/metrics").Value("tcpstate_mode", "mode=precise") == 1
+	if !precise {
+		t.Log("precise mode unavailable here: the dashboard's kernel-event queries are not checked")
+	}
 
 	dir := t.TempDir()
 	rules := renderRules(t, shippedRules(t), testOverrides, testFor)
@@ -106,7 +122,10 @@ scrape_configs:
       - source_labels: [__name__, netns]
         regex: 'tcpstate_namespaces;|.+;%s'
         action: keep
-`, exporterAddr, allAddr, regexp.QuoteMeta(nsName))
+  - job_name: tcpstate_precise
+    static_configs:
+      - targets: [%q]
+`, exporterAddr, allAddr, regexp.QuoteMeta(nsName), preciseAddr)
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -195,8 +214,10 @@ scrape_configs:
 	// Every query of the dashboard and of the recording rules returns data,
 	// and so does every recorded series. The dashboard's queries run for
 	// the first exporter, the netns variable at All, but those of metrics
-	// only --netns=all has; and those that use the netns variable or such
-	// metrics run again for the second, the test's namespace chosen.
+	// only --netns=all or precise mode has; those that use the netns
+	// variable or --netns=all's metrics run again for the second, the
+	// test's namespace chosen; and those of precise mode's metrics for the
+	// third.
 	d := loadDashboard(t)
 	allNetns := d.variable(t, "netns").AllValue
 	type query struct{ what, expr string }
@@ -209,6 +230,12 @@ scrape_configs:
 		queries = append(queries, query{what + e.String(), expr})
 	}
 	for _, e := range dashboardExprs(t) {
+		if usesMetric(e.Expr, preciseOnlyMetrics) {
+			if precise {
+				add("dashboard, precise mode, ", e, queryValues{Instance: preciseAddr, Netns: allNetns})
+			}
+			continue
+		}
 		netnsOnly := usesMetric(e.Expr, netnsOnlyMetrics)
 		if !netnsOnly {
 			add("dashboard ", e, queryValues{Instance: exporterAddr, Netns: allNetns})

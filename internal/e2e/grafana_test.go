@@ -263,6 +263,7 @@ func TestGrafanaDashboard(t *testing.T) {
 		"tcpstate_attribution_duration_seconds", "tcpstate_attribution_last_timestamp_seconds",
 		"tcpstate_attribution_denied_processes", "tcpstate_namespaces", "tcpstate_namespace_poll_duration_seconds",
 		"tcpstate_unknown_state_sockets", "tcpstate_missing_sockets", "tcpstate_dump_inconsistencies_total",
+		"tcpstate_mode", "tcpstate_events_total", "tcpstate_events_lost_total", "tcpstate_reconcile_corrections_total",
 	} {
 		if !metrics[m] {
 			t.Errorf("no panel shows %s", m)
@@ -294,6 +295,9 @@ func TestGrafanaDashboard(t *testing.T) {
 
 // netnsOnlyMetrics are served only by an exporter run with --netns=all.
 var netnsOnlyMetrics = []string{"tcpstate_namespaces", "tcpstate_namespace_poll_duration_seconds"}
+
+// preciseOnlyMetrics are served only by an exporter in precise mode.
+var preciseOnlyMetrics = []string{"tcpstate_events_total", "tcpstate_events_lost_total", "tcpstate_reconcile_corrections_total"}
 
 // netnsLabelled are the metrics that carry a netns label with --netns=all.
 var netnsLabelled = []string{

@@ -3,9 +3,12 @@ package e2e
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -130,32 +133,40 @@ func k8sManifests(t testing.TB) []k8sDoc {
 	}
 	var docs []k8sDoc
 	for _, f := range files {
-		dec := yaml.NewDecoder(bytes.NewReader(readFile(t, f)))
-		for {
-			var v any
-			err := dec.Decode(&v)
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			if v == nil {
-				continue
-			}
-			raw, err := yaml.Marshal(v)
-			if err != nil {
-				t.Fatal(err)
-			}
-			d := k8sDoc{file: filepath.Base(f), raw: raw}
-			if err := yaml.Unmarshal(raw, &d); err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			if d.APIVersion == "" || d.Kind == "" {
-				t.Fatalf("%s: a document without apiVersion or kind", f)
-			}
-			docs = append(docs, d)
+		docs = append(docs, decodeK8sDocs(t, filepath.Base(f), readFile(t, f))...)
+	}
+	return docs
+}
+
+// decodeK8sDocs decodes the YAML documents of b, which came from file.
+func decodeK8sDocs(t testing.TB, file string, b []byte) []k8sDoc {
+	t.Helper()
+	var docs []k8sDoc
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	for {
+		var v any
+		err := dec.Decode(&v)
+		if errors.Is(err, io.EOF) {
+			break
 		}
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if v == nil {
+			continue
+		}
+		raw, err := yaml.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := k8sDoc{file: file, raw: raw}
+		if err := yaml.Unmarshal(raw, &d); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if d.APIVersion == "" || d.Kind == "" {
+			t.Fatalf("%s: a document without apiVersion or kind", file)
+		}
+		docs = append(docs, d)
 	}
 	return docs
 }
@@ -343,5 +354,125 @@ func TestPrometheusRuleMatchesRules(t *testing.T) {
 	}
 	if fi, err := os.Stat(deployPath(t, "kubernetes", "gen-prometheusrule.sh")); err != nil || fi.Mode()&0o111 == 0 {
 		t.Errorf("gen-prometheusrule.sh is not executable (%v)", err)
+	}
+}
+
+// readmeDaemonSetPatches returns the DaemonSet patches deploy/README.md
+// shows: its YAML blocks of kind DaemonSet.
+func readmeDaemonSetPatches(t testing.TB) []string {
+	t.Helper()
+	kind := regexp.MustCompile(`(?m)^kind: DaemonSet$`)
+	var out, block []string
+	in := false
+	for _, line := range strings.Split(string(readFile(t, deployPath(t, "README.md"))), "\n") {
+		switch {
+		case line == "```yaml":
+			in, block = true, nil
+		case in && line == "```":
+			in = false
+			if b := strings.Join(block, "\n") + "\n"; kind.MatchString(b) {
+				out = append(out, b)
+			}
+		case in:
+			block = append(block, line)
+		}
+	}
+	return out
+}
+
+// kustomizeDaemonSet applies patch to the shipped manifests with kustomize
+// and returns the DaemonSet that results.
+func kustomizeDaemonSet(t *testing.T, kubectl, patch string) daemonSet {
+	t.Helper()
+	dir := t.TempDir()
+	// kustomize takes a base by relative path only.
+	base, err := filepath.Rel(dir, deployPath(t, "kubernetes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kustomization := fmt.Sprintf("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\npatches:\n  - path: patch.yaml\n", base)
+	for name, content := range map[string]string{"kustomization.yaml": kustomization, "patch.yaml": patch} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(kubectl, "kustomize", dir)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s\npatch:\n%s", err, stderr.String(), patch)
+	}
+	var ds daemonSet
+	only(t, decodeK8sDocs(t, "kustomize's output", out), "DaemonSet", &ds)
+	return ds
+}
+
+// TestKubernetesReadmePatches applies each DaemonSet patch deploy/README.md
+// shows to the shipped manifests, as an operator would with kustomize, and
+// checks the result: capabilities added only with root (Kubernetes gives
+// them to no other user), every other one still dropped, the rest of the
+// hardening kept; precise mode with BPF and PERFMON, and those two only
+// with precise mode; --netns=all with SYS_ADMIN and the host's PID
+// namespace.
+func TestKubernetesReadmePatches(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Skip("kubectl not installed")
+	}
+	patches := readmeDaemonSetPatches(t)
+	if len(patches) == 0 {
+		t.Fatal("deploy/README.md shows no DaemonSet patch")
+	}
+	var precise bool
+	for i, patch := range patches {
+		t.Run(fmt.Sprintf("patch %d", i+1), func(t *testing.T) {
+			ds := kustomizeDaemonSet(t, kubectl, patch)
+			pod := ds.Spec.Template.Spec
+			if len(pod.Containers) != 1 {
+				t.Fatalf("want one container, have %d", len(pod.Containers))
+			}
+			c := pod.Containers[0]
+			sc := c.SecurityContext
+			if sc == nil || sc.Capabilities == nil {
+				t.Fatal("container has no capabilities")
+			}
+			if !slices.Equal(sc.Capabilities.Drop, []string{"ALL"}) {
+				t.Errorf("capabilities drop %v, want [ALL]", sc.Capabilities.Drop)
+			}
+			if !isTrue(sc.ReadOnlyRootFilesystem) || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || isTrue(sc.Privileged) {
+				t.Errorf("securityContext %+v lost its hardening", sc)
+			}
+			add := sc.Capabilities.Add
+			root := pod.SecurityContext != nil && pod.SecurityContext.RunAsUser != nil && *pod.SecurityContext.RunAsUser == 0
+			if len(add) > 0 && !root {
+				t.Errorf("adds %v but does not run as root, so the exporter gets none of them", add)
+			}
+			if !slices.Contains(c.Args, "--web.listen-address=:9965") {
+				t.Errorf("args %q do not listen on :%d", c.Args, metricsPort)
+			}
+			mode := "poll"
+			for _, a := range c.Args {
+				if m, ok := strings.CutPrefix(a, "--mode="); ok {
+					mode = m
+				}
+			}
+			bpf := slices.Contains(add, "BPF") && slices.Contains(add, "PERFMON")
+			switch {
+			case mode == "precise" || mode == "auto":
+				precise = true
+				if !bpf {
+					t.Errorf("--mode=%s with capabilities %v, want BPF and PERFMON", mode, add)
+				}
+			case slices.Contains(add, "BPF") || slices.Contains(add, "PERFMON"):
+				t.Errorf("capabilities %v for precise mode, but args %q do not ask for it", add, c.Args)
+			}
+			if slices.Contains(c.Args, "--netns=all") && (!slices.Contains(add, "SYS_ADMIN") || !pod.HostPID) {
+				t.Errorf("--netns=all with capabilities %v and hostPID %v, want SYS_ADMIN and the host's PID namespace", add, pod.HostPID)
+			}
+		})
+	}
+	if !precise {
+		t.Error("deploy/README.md shows no patch for precise mode")
 	}
 }

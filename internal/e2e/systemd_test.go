@@ -3,9 +3,11 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -76,7 +78,7 @@ func TestSystemdUnit(t *testing.T) {
 		if exec := last("ExecStart"); !strings.HasPrefix(exec, binary+" ") && exec != binary {
 			t.Errorf("ExecStart=%s, want %s ...", exec, binary)
 		}
-		for _, s := range []string{"--netns", "CAP_SYS_ADMIN"} {
+		for _, s := range []string{"--netns", "CAP_SYS_ADMIN", "--mode=precise", "CAP_BPF", "CAP_PERFMON"} {
 			if !bytes.Contains(unit, []byte(s)) {
 				t.Errorf("the unit's comments do not explain %s", s)
 			}
@@ -84,25 +86,42 @@ func TestSystemdUnit(t *testing.T) {
 	})
 
 	t.Run("systemd-analyze verify", func(t *testing.T) {
-		analyze, err := exec.LookPath("systemd-analyze")
-		if err != nil {
-			t.Skip("systemd-analyze not installed")
+		verifyUnit(t, unit, binary, "")
+	})
+
+	// The drop-ins the unit's comments document: each must verify, each
+	// that grants capabilities must let the exporter drop them (capset),
+	// and precise mode's grants its two and the bpf system call.
+	t.Run("documented drop-ins", func(t *testing.T) {
+		dropIns := documentedDropIns(unit)
+		if len(dropIns) == 0 {
+			t.Fatal("the unit's comments document no drop-in")
 		}
-		// verify wants ExecStart's program to exist: point it at an
-		// executable that does, this test's own binary.
-		self, err := os.Executable()
-		if err != nil {
-			t.Fatal(err)
+		var precise bool
+		for i, dropIn := range dropIns {
+			d := unitDirectives(t, []byte(dropIn))
+			caps := strings.Join(d["AmbientCapabilities"], " ")
+			filter := strings.Fields(strings.Join(d["SystemCallFilter"], " "))
+			if caps != "" {
+				if got := strings.Join(d["CapabilityBoundingSet"], " "); got != caps {
+					t.Errorf("drop-in %d: CapabilityBoundingSet=%s, AmbientCapabilities=%s; want the same on both", i+1, got, caps)
+				}
+				if !slices.Contains(filter, "capset") {
+					t.Errorf("drop-in %d grants %s but does not allow capset, which dropping them takes:\n%s", i+1, caps, dropIn)
+				}
+			}
+			if strings.Contains(caps, "CAP_BPF") {
+				precise = true
+				if !strings.Contains(caps, "CAP_PERFMON") || !slices.Contains(filter, "bpf") {
+					t.Errorf("drop-in %d: precise mode needs CAP_BPF, CAP_PERFMON and the bpf system call:\n%s", i+1, dropIn)
+				}
+			}
+			t.Run(fmt.Sprintf("verify %d", i+1), func(t *testing.T) {
+				verifyUnit(t, unit, binary, dropIn)
+			})
 		}
-		copyPath := filepath.Join(t.TempDir(), "tcpstate_exporter.service")
-		if err := os.WriteFile(copyPath, bytes.ReplaceAll(unit, []byte("ExecStart="+binary), []byte("ExecStart="+self)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		out, err := run("", analyze, "verify", copyPath)
-		// Warnings about the unit (an unknown or misspelt directive, for
-		// one) do not change the exit status; they name the file.
-		if err != nil || strings.Contains(out, "tcpstate_exporter.service") {
-			t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+		if !precise {
+			t.Error("no documented drop-in for precise mode (CAP_BPF)")
 		}
 	})
 
@@ -146,4 +165,71 @@ func TestSystemdUnit(t *testing.T) {
 			t.Fatal("tcpstate_exporter.default sets no ARGS")
 		}
 	})
+}
+
+// documentedDropIns returns the drop-ins a unit's comments show: a
+// "[Service]" line indented in a comment, and the directives indented the
+// same way under it.
+func documentedDropIns(unit []byte) []string {
+	const prefix = "#   "
+	var out []string
+	var cur []string
+	flush := func() {
+		if len(cur) > 1 {
+			out = append(out, strings.Join(cur, "\n")+"\n")
+		}
+		cur = nil
+	}
+	for _, line := range strings.Split(string(unit), "\n") {
+		body, ok := strings.CutPrefix(line, prefix)
+		switch {
+		case ok && body == "[Service]":
+			flush()
+			cur = []string{body}
+		case ok && cur != nil && strings.Contains(body, "=") && !strings.HasPrefix(body, " "):
+			cur = append(cur, body)
+		default:
+			flush()
+		}
+	}
+	flush()
+	return out
+}
+
+// verifyUnit runs systemd-analyze verify on the unit, with dropIn as a
+// drop-in if it is not empty, and fails on any warning about either.
+func verifyUnit(t *testing.T, unit []byte, binary, dropIn string) {
+	t.Helper()
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed")
+	}
+	// verify wants ExecStart's program to exist: point it at an
+	// executable that does, this test's own binary.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	copyPath := filepath.Join(dir, "tcpstate_exporter.service")
+	if err := os.WriteFile(copyPath, bytes.ReplaceAll(unit, []byte("ExecStart="+binary), []byte("ExecStart="+self)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if dropIn != "" {
+		// verify reads drop-ins from beside the unit it is given.
+		d := copyPath + ".d"
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "override.conf"), []byte(dropIn), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := run("", analyze, "verify", copyPath)
+	// Warnings about the unit or the drop-in (an unknown or misspelt
+	// directive, for one) do not change the exit status; they name the
+	// file.
+	if err != nil || strings.Contains(out, "tcpstate_exporter.service") {
+		t.Fatalf("systemd-analyze verify: %v\n%s\n%s", err, out, dropIn)
+	}
 }
