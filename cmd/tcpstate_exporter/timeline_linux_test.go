@@ -1,0 +1,455 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpstate/tcpstate_exporter/collector"
+	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
+	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
+	"github.com/tcpstate/tcpstate_exporter/internal/statezoo"
+	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
+)
+
+// The tests of this file script TCP connections in a namespace of their
+// own, keep the script's own CLOCK_MONOTONIC times of every call, and hold
+// precise mode's counts and stays to them.
+
+// timelineSeed seeds the stays of the scripted timelines; a failure names
+// it, so a run can be repeated.
+const timelineSeed = 20261204
+
+// TestIntegrationPreciseTimeline: with dumps 5 s apart, 200 connections,
+// ten at a time, each ESTABLISHED and then CLOSE_WAIT for 5 to 60 ms
+// (seeded), all between two dumps. The events alone must count every
+// transition exactly, every stay, each within 1 ms of the script's clock,
+// connect latency above zero and a few milliseconds at most, and every
+// client's TIME_WAIT remnant at once; the next dump must find nothing to
+// correct.
+func TestIntegrationPreciseTimeline(t *testing.T) {
+	netnstest.RequireRoot(t)
+	requireTool(t, "ip")
+	t.Parallel()
+	testPreciseTimeline(t, unix.AF_INET, 200, 10)
+}
+
+// preciseRun is an exporter in precise mode that watches a namespace of the
+// test's, run and scraped from another.
+type preciseRun struct {
+	p      *exportertest.Process
+	path   string // the watched namespace
+	client *http.Client
+	url    string
+}
+
+// startPrecise starts the exporter in precise mode on the namespace name
+// (at path), dumping every interval.
+func startPrecise(t *testing.T, name, path string, interval time.Duration, args ...string) *preciseRun {
+	t.Helper()
+	view, viewPath := netnstest.New(t)
+	args = append([]string{"--netns=" + name, "--mode=precise", "--precise.dump-interval=" + interval.String()}, args...)
+	p := exportertest.StartWith(t, exportertest.Options{Wrapper: netnstest.Exec(view)}, args...)
+	r := &preciseRun{p: p, path: path, client: clientIn(viewPath), url: p.URL + "/metrics"}
+	if m := r.scrape(t); m.Value("tcpstate_mode", "mode=precise") != 1 {
+		t.Fatalf("tcpstate_mode{mode=\"precise\"} = %v, want 1", m.Value("tcpstate_mode", "mode=precise"))
+	}
+	return r
+}
+
+func (r *preciseRun) scrape(t *testing.T) exportertest.Metrics {
+	t.Helper()
+	return exportertest.ScrapeWith(t, r.client, r.url)
+}
+
+// until scrapes every 50 ms until ok accepts a scrape, and returns it; after
+// d it fails the test, saying what it waited for.
+func (r *preciseRun) until(t *testing.T, d time.Duration, what string, ok func(exportertest.Metrics) bool) exportertest.Metrics {
+	t.Helper()
+	for deadline := time.Now().Add(d); ; time.Sleep(50 * time.Millisecond) {
+		m := r.scrape(t)
+		if ok(m) {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: still waiting for %s (%v dumps, %v events)", d, what, m.Value("tcpstate_polls_total"), m.Value("tcpstate_events_total"))
+		}
+	}
+}
+
+// nextDump waits for the dump after the one m last counted and returns the
+// first scrape that shows it. Acting right after it leaves a whole dump
+// interval before the one after.
+func (r *preciseRun) nextDump(t *testing.T, m exportertest.Metrics, d time.Duration) exportertest.Metrics {
+	t.Helper()
+	polls := m.Value("tcpstate_polls_total")
+	return r.until(t, d, fmt.Sprintf("dump %v", polls+1), func(m exportertest.Metrics) bool {
+		return m.Value("tcpstate_polls_total") > polls
+	})
+}
+
+// monotonic reads CLOCK_MONOTONIC, the clock the kernel stamps its events
+// with, in nanoseconds.
+func monotonic() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) // the vDSO; cannot fail
+	return ts.Nano()
+}
+
+// stay is one stay in a state as a script knows it: est is its length by
+// the script's clock, the calls that bracket its start and end; the
+// kernel's own lies within [lo, hi].
+type stay struct{ est, lo, hi int64 }
+
+// stays are a script's stays by documented state.
+type stays map[string][]stay
+
+func (s stays) add(state string, est, lo, hi int64) {
+	s[state] = append(s[state], stay{est, lo, hi})
+}
+
+// tcpState reads fd's kernel state (netlinkdiag.State*).
+func tcpState(fd int) (uint8, error) {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, fmt.Errorf("read TCP_INFO: %w", err)
+	}
+	return info.State, nil
+}
+
+// awaitState waits up to a second for fd to reach kernel state want and
+// returns when it saw it there.
+func awaitState(fd int, want uint8) (int64, error) {
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(20 * time.Microsecond) {
+		st, err := tcpState(fd)
+		if err != nil {
+			return 0, err
+		}
+		if st == want {
+			return monotonic(), nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("fd %d in kernel state %d after 1 s, want %d", fd, st, want)
+		}
+	}
+}
+
+// loopbackAddr is port on the loopback address of fam.
+func loopbackAddr(fam int, port uint16) unix.Sockaddr {
+	if fam == unix.AF_INET6 {
+		return &unix.SockaddrInet6{Addr: [16]byte{15: 1}, Port: int(port)}
+	}
+	return loopback4(port)
+}
+
+// familyLabel is fam's family label value.
+func familyLabel(fam int) string {
+	if fam == unix.AF_INET6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+// timelineWorker runs conns connections one after the other on a listener
+// of its own: connect and accept, ESTABLISHED for 5 to 60 ms, the client
+// closes, the server is in CLOSE_WAIT for 5 to 60 ms, the server closes.
+// It runs inside the namespace and records what its clock saw in st.
+func timelineWorker(fam, conns int, rng *rand.Rand, st stays) error {
+	ln, port, err := statezoo.Listen(fam, 4)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(ln)
+	addr := loopbackAddr(fam, port)
+	between := func() time.Duration {
+		return 5*time.Millisecond + time.Duration(rng.Int64N(int64(55*time.Millisecond)+1))
+	}
+	for range conns {
+		established, closeWait := between(), between()
+		t0 := monotonic()
+		c, err := dial(fam, addr)
+		t1 := monotonic()
+		if err != nil {
+			return err
+		}
+		s, err := statezoo.Accept(ln)
+		t2 := monotonic()
+		if err != nil {
+			unix.Close(c)
+			return err
+		}
+		time.Sleep(established)
+		t3 := monotonic()
+		unix.Close(c) // ESTABLISHED -> FIN_WAIT_1, and its FIN
+		t4 := monotonic()
+		t5, err := awaitState(s, netlinkdiag.StateCloseWait)
+		if err != nil {
+			unix.Close(s)
+			return err
+		}
+		time.Sleep(closeWait)
+		t6 := monotonic()
+		unix.Close(s) // CLOSE_WAIT -> LAST_ACK
+		t7 := monotonic()
+		// SYN_SEND ends within connect(); the client's ESTABLISHED starts
+		// there and ends in its close(); the server's starts before accept()
+		// returns and ends when the client's FIN arrives (t5 at the
+		// latest), which starts its CLOSE_WAIT, ended in its close().
+		st.add("SYN_SEND", t1-t0, 0, t1-t0)
+		st.add("ESTABLISHED", t3-t1, t3-t1, t4-t0)
+		st.add("ESTABLISHED", t3-t1, t3-t2, t5-t0)
+		st.add("CLOSE_WAIT", t6-t3, t6-t5, t7-t3)
+	}
+	return nil
+}
+
+// runTimeline runs workers timelineWorkers at once in the namespace at
+// path, conns connections in all, and returns the stays they saw.
+func runTimeline(path string, fam, conns, workers int, seed uint64) (stays, error) {
+	var wg sync.WaitGroup
+	errs := make([]error, workers)
+	per := make([]stays, workers)
+	for w := range workers {
+		per[w] = stays{}
+		n := conns / workers
+		if w < conns%workers {
+			n++
+		}
+		rng := rand.New(rand.NewPCG(seed, uint64(w)))
+		wg.Go(func() {
+			errs[w] = netlinkdiag.Do(path, func() error { return timelineWorker(fam, n, rng, per[w]) })
+		})
+	}
+	wg.Wait()
+	all := stays{}
+	for w := range workers {
+		if errs[w] != nil {
+			return nil, fmt.Errorf("worker %d: %w", w, errs[w])
+		}
+		for state, ss := range per[w] {
+			all[state] = append(all[state], ss...)
+		}
+	}
+	return all, nil
+}
+
+// closeTransitions are the transitions of conns connections of which the
+// client closed first and the server after (client: CLOSED SYN_SEND
+// ESTABLISHED FIN_WAIT_1 FIN_WAIT_2 TIME_WAIT; server: CLOSED SYN_RCVD
+// ESTABLISHED CLOSE_WAIT LAST_ACK CLOSED), and of listeners listeners
+// opened and closed, by "FROM->TO".
+func closeTransitions(conns, listeners int) map[string]float64 {
+	n := float64(conns)
+	return map[string]float64{
+		"CLOSED->LISTEN": float64(listeners), "LISTEN->CLOSED": float64(listeners),
+		"CLOSED->SYN_SEND": n, "SYN_SEND->ESTABLISHED": n, "ESTABLISHED->FIN_WAIT_1": n,
+		"FIN_WAIT_1->FIN_WAIT_2": n, "FIN_WAIT_2->TIME_WAIT": n,
+		"CLOSED->SYN_RCVD": n, "SYN_RCVD->ESTABLISHED": n, "ESTABLISHED->CLOSE_WAIT": n,
+		"CLOSE_WAIT->LAST_ACK": n, "LAST_ACK->CLOSED": n,
+	}
+}
+
+// transitions is every tcpstate_transitions_total series that is not 0,
+// by "FROM->TO".
+func transitions(m exportertest.Metrics) map[string]float64 {
+	out := map[string]float64{}
+	for _, x := range m.All("tcpstate_transitions_total") {
+		var from, to string
+		for _, l := range x.GetLabel() {
+			switch l.GetName() {
+			case "from":
+				from = l.GetValue()
+			case "to":
+				to = l.GetValue()
+			}
+		}
+		if v := x.GetCounter().GetValue(); v != 0 {
+			out[from+"->"+to] = v
+		}
+	}
+	return out
+}
+
+// stayCounts is tcpstate_state_duration_seconds_count by state, for the
+// states with a stay.
+func stayCounts(m exportertest.Metrics) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, st := range stateNames {
+		if n, _, _ := m.Histogram("tcpstate_state_duration_seconds", "state="+st); n != 0 {
+			out[st] = n
+		}
+	}
+	return out
+}
+
+// zeroCounts is socketCounts of an empty namespace.
+func zeroCounts() map[string]map[string]int {
+	out := map[string]map[string]int{}
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		out[fam] = map[string]int{}
+		for _, st := range stateNames {
+			out[fam][st] = 0
+		}
+	}
+	return out
+}
+
+// kernelCounts dumps the namespace at path with sock_diag, as `ss` does,
+// and counts its sockets as socketCounts does.
+func kernelCounts(t *testing.T, path string) map[string]map[string]int {
+	t.Helper()
+	c, err := netlinkdiag.Dial(netlinkdiag.Options{NetNS: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := zeroCounts()
+	err = c.DumpTCP(context.Background(), netlinkdiag.Request{}, func(s *netlinkdiag.Socket) error {
+		st, ok := collector.FromKernel(s.State)
+		if !ok {
+			return fmt.Errorf("socket %v in kernel state %d, which has no documented name", s.Src, s.State)
+		}
+		got[familyLabel(int(s.Family))][st.String()]++
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("dump %s: %v", path, err)
+	}
+	return got
+}
+
+// checkNoLoss fails the test for any event lost or any correction a dump
+// made.
+func checkNoLoss(t *testing.T, m exportertest.Metrics) {
+	t.Helper()
+	for _, reason := range []string{"ring_full", "recursion", "malformed"} {
+		if v := m.Value("tcpstate_events_lost_total", "reason="+reason); v != 0 {
+			t.Errorf("tcpstate_events_lost_total{reason=%q} = %v, want 0", reason, v)
+		}
+	}
+	for _, kind := range []string{"state", "handover", "unannounced", "vanished"} {
+		if v := m.Value("tcpstate_reconcile_corrections_total", "kind="+kind); v != 0 {
+			t.Errorf("tcpstate_reconcile_corrections_total{kind=%q} = %v, want 0", kind, v)
+		}
+	}
+}
+
+// checkStays holds the histogram of state's stays to the script's: as many,
+// their sum within tol a stay of the script's (skipped when tol is 0), and
+// every classic bucket between the stays that surely fit in it and those
+// that may.
+func checkStays(t *testing.T, m exportertest.Metrics, state string, want []stay, tol time.Duration) {
+	t.Helper()
+	count, sum, buckets := m.Histogram("tcpstate_state_duration_seconds", "state="+state)
+	var est, lo, hi int64
+	for _, s := range want {
+		est, lo, hi = est+s.est, lo+s.lo, hi+s.hi
+	}
+	t.Logf("%s: %d stays, sum %.6fs; the script's %d, sum %.6fs (kernel's within [%.6f, %.6f])",
+		state, count, sum, len(want), seconds(est), seconds(lo), seconds(hi))
+	if count != uint64(len(want)) {
+		t.Errorf("%s: %d stays, want %d", state, count, len(want))
+		return
+	}
+	if tol > 0 {
+		if d := math.Abs(sum - seconds(est)); d > float64(count)*tol.Seconds() {
+			t.Errorf("%s: stays sum to %.6fs, the script's to %.6fs: %.3f ms apart, more than %v for each of %d",
+				state, sum, seconds(est), d*1e3, tol, count)
+		}
+	}
+	if sum < seconds(lo)-1e-6 || sum > seconds(hi)+1e-6 {
+		t.Errorf("%s: stays sum to %.6fs, outside [%.6f, %.6f] that the script's calls bracket", state, sum, seconds(lo), seconds(hi))
+	}
+	bounds := make([]float64, 0, len(buckets))
+	for b := range buckets {
+		bounds = append(bounds, b)
+	}
+	slices.Sort(bounds)
+	for _, b := range bounds {
+		var surely, maybe uint64
+		for _, s := range want {
+			if seconds(s.hi) <= b {
+				surely++
+			}
+			if seconds(s.lo) <= b {
+				maybe++
+			}
+		}
+		if got := buckets[b]; got < surely || got > maybe {
+			t.Errorf("%s: %d stays of at most %gs, want between %d and %d", state, got, b, surely, maybe)
+		}
+	}
+}
+
+func seconds(ns int64) float64 { return float64(ns) / 1e9 }
+
+func testPreciseTimeline(t *testing.T, fam, conns, workers int) {
+	const interval = 5 * time.Second
+	name, path := netnstest.New(t)
+	r := startPrecise(t, name, path, interval)
+	// Right after a dump, the whole timeline fits before the next.
+	m := r.nextDump(t, r.scrape(t), interval+5*time.Second)
+	polls := m.Value("tcpstate_polls_total")
+	start := time.Now()
+	st, err := runTimeline(path, fam, conns, workers, timelineSeed)
+	if err != nil {
+		t.Fatalf("timeline (seed %d): %v", timelineSeed, err)
+	}
+	ran := time.Since(start)
+	m = r.until(t, 3*time.Second, fmt.Sprintf("%d LAST_ACK->CLOSED", conns), func(m exportertest.Metrics) bool {
+		return m.Value("tcpstate_transitions_total", "from=LAST_ACK", "to=CLOSED") >= float64(conns)
+	})
+	t.Logf("%d %s connections, %d at a time, in %v (seed %d); counted %v after the dump before it; %v events",
+		conns, familyLabel(fam), workers, ran.Round(time.Millisecond), timelineSeed, time.Since(start).Round(time.Millisecond), m.Value("tcpstate_events_total"))
+	if p := m.Value("tcpstate_polls_total"); p != polls {
+		t.Fatalf("a dump came during the timeline (%v dumps, %v before it; it ran %v of the %v between dumps): the events alone are not tested",
+			p, polls, ran, interval)
+	}
+
+	// From the events alone.
+	fl := familyLabel(fam)
+	wantSockets := zeroCounts()
+	wantSockets[fl]["TIME_WAIT"] = conns
+	if d := cmp.Diff(wantSockets, socketCounts(m)); d != "" {
+		t.Errorf("tcpstate_sockets before any dump, right after the timeline (-want +got)\n%s", d)
+	}
+	if d := cmp.Diff(closeTransitions(conns, workers), transitions(m)); d != "" {
+		t.Errorf("tcpstate_transitions_total (-want +got)\n%s", d)
+	}
+	wantStays := map[string]uint64{
+		"LISTEN": uint64(workers), "SYN_SEND": uint64(conns), "SYN_RCVD": uint64(conns), "ESTABLISHED": 2 * uint64(conns),
+		"FIN_WAIT_1": uint64(conns), "FIN_WAIT_2": uint64(conns), "CLOSE_WAIT": uint64(conns), "LAST_ACK": uint64(conns),
+	}
+	if d := cmp.Diff(wantStays, stayCounts(m)); d != "" {
+		t.Errorf("tcpstate_state_duration_seconds_count (-want +got)\n%s", d)
+	}
+	checkStays(t, m, "ESTABLISHED", st["ESTABLISHED"], time.Millisecond)
+	checkStays(t, m, "CLOSE_WAIT", st["CLOSE_WAIT"], time.Millisecond)
+	checkStays(t, m, "SYN_SEND", st["SYN_SEND"], 0)
+	if count, sum, _ := m.Histogram("tcpstate_state_duration_seconds", "state=SYN_SEND"); sum <= 0 || sum/float64(max(count, 1)) > 0.003 {
+		t.Errorf("SYN_SEND stays (loopback handshakes): %d, mean %.6fs; want each above zero, a few ms at most", count, sum/float64(max(count, 1)))
+	}
+	checkNoLoss(t, m)
+
+	// The next dump finds the same and corrects nothing.
+	m = r.nextDump(t, m, interval+5*time.Second)
+	if d := cmp.Diff(kernelCounts(t, path), socketCounts(m)); d != "" {
+		t.Errorf("tcpstate_sockets after the next dump (-kernel +exporter)\n%s", d)
+	}
+	if d := cmp.Diff(wantSockets, socketCounts(m)); d != "" {
+		t.Errorf("tcpstate_sockets after the next dump (-want +got)\n%s", d)
+	}
+	if d := cmp.Diff(closeTransitions(conns, workers), transitions(m)); d != "" {
+		t.Errorf("tcpstate_transitions_total after the next dump (-want +got)\n%s", d)
+	}
+	checkNoLoss(t, m)
+}
