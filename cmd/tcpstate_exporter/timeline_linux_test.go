@@ -938,3 +938,84 @@ func testPreciseTimeWaitExpiry(t *testing.T) {
 	}
 	checkNoLoss(t, m)
 }
+
+// TestIntegrationPreciseOrphanFinWait2: a client closes while its server
+// never does (CLOSE_WAIT). The orphaned client hands over to a timewait
+// remnant that waits for the server's FIN in the FIN_WAIT2 substate, and
+// sock_diag shows it in FIN_WAIT_2: the exporter must count it there, not
+// in TIME_WAIT, both from the events and after a dump, and no dump may
+// correct it. When the server closes, the remnant turns into TIME_WAIT
+// (no event; the next dump sees it, its timer pinning the moment), and the
+// client's FIN_WAIT_2 stay ends then.
+func TestIntegrationPreciseOrphanFinWait2(t *testing.T) {
+	netnstest.RequireRoot(t)
+	requireTool(t, "ip")
+	t.Parallel()
+	const interval = 2 * time.Second
+	name, path := netnstest.New(t)
+	r := startPrecise(t, name, path, interval)
+	fds := holdFDs(t)
+	m := r.nextDump(t, r.scrape(t), interval+3*time.Second)
+	polls := m.Value("tcpstate_polls_total")
+
+	ln, clients, servers := pairs(t, path, fds, 1, false)
+	closed := monotonic()
+	fds.close(clients[0]) // orphaned: no fd holds it
+	if _, err := awaitState(servers[0], netlinkdiag.StateCloseWait); err != nil {
+		t.Fatal(err)
+	}
+	held := zeroCounts()
+	held["ipv4"]["LISTEN"], held["ipv4"]["FIN_WAIT_2"], held["ipv4"]["CLOSE_WAIT"] = 1, 1, 1
+	if d := cmp.Diff(held, kernelCounts(t, path)); d != "" {
+		t.Fatalf("the namespace after the client's close (-want +kernel)\n%s", d)
+	}
+	heldTr := map[string]float64{
+		"CLOSED->LISTEN": 1, "CLOSED->SYN_SEND": 1, "SYN_SEND->ESTABLISHED": 1, "CLOSED->SYN_RCVD": 1, "SYN_RCVD->ESTABLISHED": 1,
+		"ESTABLISHED->FIN_WAIT_1": 1, "FIN_WAIT_1->FIN_WAIT_2": 1, "ESTABLISHED->CLOSE_WAIT": 1,
+	}
+	m = r.until(t, 1500*time.Millisecond, "the close's events", func(m exportertest.Metrics) bool {
+		return m.Value("tcpstate_transitions_total", "from=ESTABLISHED", "to=CLOSE_WAIT") >= 1
+	})
+	if p := m.Value("tcpstate_polls_total"); p != polls {
+		t.Fatalf("a dump came before the events were counted (%v dumps, %v before): the events alone are not tested", p, polls)
+	}
+	if d := cmp.Diff(held, socketCounts(m)); d != "" {
+		t.Errorf("tcpstate_sockets from the events, before a dump (-want +got)\n%s", d)
+	}
+	if d := cmp.Diff(heldTr, transitions(m)); d != "" {
+		t.Errorf("tcpstate_transitions_total from the events, before a dump (-want +got)\n%s", d)
+	}
+
+	m = r.nextDump(t, m, interval+3*time.Second)
+	if d := cmp.Diff(held, socketCounts(m)); d != "" {
+		t.Errorf("tcpstate_sockets after a dump (-want +got)\n%s", d)
+	}
+	if d := cmp.Diff(heldTr, transitions(m)); d != "" {
+		t.Errorf("tcpstate_transitions_total after a dump (-want +got)\n%s", d)
+	}
+	checkNoLoss(t, m)
+
+	// The server closes: the remnant gets its FIN and turns into TIME_WAIT.
+	ends := monotonic()
+	fds.close(servers[0])
+	fds.close(ln)
+	m = r.nextDump(t, m, interval+3*time.Second)
+	m = r.until(t, 2*time.Second, "the server's close", func(m exportertest.Metrics) bool {
+		return m.Value("tcpstate_transitions_total", "from=LAST_ACK", "to=CLOSED") >= 1
+	})
+	want := zeroCounts()
+	want["ipv4"]["TIME_WAIT"] = 1
+	if d := cmp.Diff(want, socketCounts(m)); d != "" {
+		t.Errorf("tcpstate_sockets after the server's close and a dump (-want +got)\n%s", d)
+	}
+	if d := cmp.Diff(closeTransitions(1, 1), transitions(m)); d != "" {
+		t.Errorf("tcpstate_transitions_total after the server's close and a dump (-want +got)\n%s", d)
+	}
+	// The dump finds the remnant's TIME_WAIT timer, which pins the moment
+	// to a jiffy (4 ms at HZ=250), and sock_diag's milliseconds.
+	count, sum, _ := m.Histogram("tcpstate_state_duration_seconds", "state=FIN_WAIT_2")
+	if fw2 := seconds(ends - closed); count != 1 || math.Abs(sum-fw2) > 0.010 {
+		t.Errorf("FIN_WAIT_2 stays: %d, sum %.6fs; want 1 of %.6fs (the client's close to the server's) within 10 ms", count, sum, fw2)
+	}
+	checkNoLoss(t, m)
+}
