@@ -70,6 +70,29 @@ func HalfClose(fd int) error {
 	return nil
 }
 
+// FillAndHalfClose fills the peer's receive window from each fd, which
+// must be connected to a peer that never reads, and half-closes it: its
+// FIN then waits behind unsent data and reaches the peer only once the
+// peer reads. The fds are left non-blocking. A small send buffer on the
+// fds and a small receive buffer on their peers (SO_SNDBUF, SO_RCVBUF set
+// before connecting) make it quick; it gives up at deadline.
+func FillAndHalfClose(fds []int, deadline time.Time) error {
+	for _, fd := range fds {
+		if err := unix.SetNonblock(fd, true); err != nil {
+			return fmt.Errorf("set non-blocking: %w", err)
+		}
+	}
+	if err := fill(fds, deadline); err != nil {
+		return err
+	}
+	for _, fd := range fds {
+		if err := HalfClose(fd); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // newSocket opens a close-on-exec TCP socket of family.
 func newSocket(family int) (int, error) {
 	if family != unix.AF_INET && family != unix.AF_INET6 {

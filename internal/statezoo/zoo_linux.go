@@ -466,24 +466,9 @@ func (b *builder) synRcvd(n int) error {
 	return nil
 }
 
-// fillAndHalfClose fills the peer's receive window from each fd, which
-// must be connected to a peer that never reads, and half-closes it: its
-// FIN then waits behind unsent data and never reaches the peer.
+// fillAndHalfClose is FillAndHalfClose by the builder's deadline.
 func (b *builder) fillAndHalfClose(fds []int) error {
-	for _, fd := range fds {
-		if err := unix.SetNonblock(fd, true); err != nil {
-			return fmt.Errorf("set non-blocking: %w", err)
-		}
-	}
-	if err := fill(fds, b.deadline); err != nil {
-		return err
-	}
-	for _, fd := range fds {
-		if err := HalfClose(fd); err != nil {
-			return err
-		}
-	}
-	return nil
+	return FillAndHalfClose(fds, b.deadline)
 }
 
 // smallSendBuffer gives a client a small send buffer before it connects.
