@@ -27,6 +27,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcpstate/tcpstate_exporter/internal/eventlock"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
@@ -484,6 +485,7 @@ var families = []struct {
 // close, each side's every state change, and pins what Linux 6.18 reports.
 func TestIntegrationTransitions(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t)
 	opts := Options{ReadInterval: 20 * time.Millisecond}
 	src := openSource(t, opts, ipprotoTCP)
 	for _, fam := range families {
@@ -560,6 +562,7 @@ func TestIntegrationTransitions(t *testing.T) {
 // and neither leaves a TIME_WAIT remnant.
 func TestIntegrationReset(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t)
 	opts := Options{ReadInterval: 20 * time.Millisecond}
 	src := openSource(t, opts, ipprotoTCP)
 	for _, fam := range families {
@@ -621,6 +624,7 @@ func TestIntegrationReset(t *testing.T) {
 // too, though the kernel has released it.
 func TestIntegrationBoundPorts(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t)
 	opts := Options{ReadInterval: 20 * time.Millisecond}
 	path, netns := namespace(t)
 	rec := record(t, openSource(t, opts, ipprotoTCP), netns)
@@ -686,6 +690,7 @@ func TestIntegrationBoundPorts(t *testing.T) {
 // tracepoint firing for them.
 func TestIntegrationProtocolFilter(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t)
 	path, netns := namespace(t)
 	var enabled []byte
 	if err := netlinkdiag.Do(path, func() (err error) {
@@ -742,6 +747,7 @@ func TestIntegrationProtocolFilter(t *testing.T) {
 // reads: the lost events are counted, and reading afterwards works.
 func TestIntegrationLoss(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Churn(t)
 	path, netns := namespace(t)
 	opts := Options{RingBytes: os.Getpagesize(), ReadInterval: 20 * time.Millisecond}
 	src := openSource(t, opts, ipprotoTCP)
@@ -802,6 +808,7 @@ func TestIntegrationLoss(t *testing.T) {
 // the program once enough are pending, and found by the reader's timer.
 func TestIntegrationWakeup(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t)
 	for _, c := range []struct {
 		name string
 		opts Options
@@ -824,6 +831,7 @@ func TestIntegrationWakeup(t *testing.T) {
 // waits with an hour to go before its timer.
 func TestIntegrationReadEnds(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t)
 	opts := Options{WakeupBytes: DefaultRingBytes, ReadInterval: time.Hour}
 	src := openSource(t, opts, ipprotoTCP)
 	read := func(ctx context.Context) <-chan error {
@@ -869,6 +877,7 @@ func TestIntegrationReadEnds(t *testing.T) {
 // behind, pins nothing, and can be called again.
 func TestIntegrationClose(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t)
 	pinsBefore := pins(t)
 	s, err := Open(Options{})
 	if err != nil {
@@ -1006,6 +1015,7 @@ func openWithCaps(t *testing.T, mask uint64) error {
 // CAP_BPF and CAP_PERFMON alone, which are enough.
 func TestIntegrationOpenCapabilities(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t)
 	err := openWithCaps(t, 0)
 	if err == nil {
 		t.Fatal("Open succeeded without capabilities")
@@ -1089,6 +1099,7 @@ func churn() error {
 // at most, none per event.
 func TestIntegrationReadAllocs(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Churn(t)
 	path, netns := namespace(t)
 	src := openSource(t, Options{}, ipprotoTCP)
 	var events, ours int
@@ -1137,6 +1148,7 @@ func TestIntegrationReadAllocs(t *testing.T) {
 // goes on with the next.
 func TestIntegrationMalformed(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t)
 	path, netns := namespace(t)
 	src := openSource(t, Options{ReadInterval: 20 * time.Millisecond}, ipprotoTCP)
 	writer := func(size int32) *ebpf.Program {
@@ -1212,6 +1224,7 @@ func closeOf(t *testing.T, evs []Event, cookie uint64) string {
 // abort, none of which sk_err shows.
 func TestIntegrationCloseRemnants(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t)
 	opts := Options{ReadInterval: 20 * time.Millisecond}
 	src := openSource(t, opts, ipprotoTCP)
 	linger0 := func(t *testing.T, s *sock) {
@@ -1326,6 +1339,7 @@ func TestIntegrationCloseRemnants(t *testing.T) {
 // then closes its channel.
 func TestIntegrationSync(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t)
 	src := openSource(t, Options{ReadInterval: time.Hour}, ipprotoTCP)
 	path, netns := namespace(t)
 	rec := record(t, src, netns)

@@ -49,7 +49,7 @@ func NewHistograms() *Histograms {
 		stays: prometheus.NewHistogramVec(nativeOpts(prometheus.HistogramOpts{
 			Namespace: namespace,
 			Name:      "state_duration_seconds",
-			Help:      "Completed stays of sockets in a TCP state, from entry to exit, each estimated to within one poll interval. Stays that began before the exporter started are not included.",
+			Help:      "Completed stays of sockets in a TCP state, from entry to exit: exact in precise mode, estimated to within one poll interval in poll mode. Stays that began before the exporter started are not included.",
 			Buckets:   DurationBuckets,
 		}), []string{"state"}),
 		polls: prometheus.NewHistogram(nativeOpts(prometheus.HistogramOpts{

@@ -133,7 +133,7 @@ func TestHistograms(t *testing.T) {
 	h.ObservePoll(3 * time.Millisecond)
 
 	var b strings.Builder
-	b.WriteString("# HELP tcpstate_state_duration_seconds Completed stays of sockets in a TCP state, from entry to exit, each estimated to within one poll interval. Stays that began before the exporter started are not included.\n# TYPE tcpstate_state_duration_seconds histogram\n")
+	b.WriteString("# HELP tcpstate_state_duration_seconds Completed stays of sockets in a TCP state, from entry to exit: exact in precise mode, estimated to within one poll interval in poll mode. Stays that began before the exporter started are not included.\n# TYPE tcpstate_state_duration_seconds histogram\n")
 	obs := map[string][]float64{"SYN_SEND": {0.002, 0.00004}, "ESTABLISHED": {2, 7200}}
 	for _, st := range collector.States() {
 		var sum float64

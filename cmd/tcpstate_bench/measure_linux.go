@@ -128,7 +128,7 @@ func benchSize(ctx context.Context, size int, cfg config) (res *result, err erro
 }
 
 func (cfg config) exporterArgs(interval time.Duration) []string {
-	args := []string{cfg.exporter, "--web.listen-address=127.0.0.1:9965", "--poll.interval=" + interval.String(), "--log.level=warn"}
+	args := []string{cfg.exporter, "--web.listen-address=127.0.0.1:9965", "--mode=poll", "--poll.interval=" + interval.String(), "--log.level=warn"}
 	return append(args, cfg.exporterFlags...)
 }
 

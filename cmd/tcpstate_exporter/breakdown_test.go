@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcpstate/tcpstate_exporter/internal/eventlock"
 	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 	"github.com/tcpstate/tcpstate_exporter/internal/statezoo"
@@ -162,11 +163,26 @@ func TestIntegrationBreakdownCardinality(t *testing.T) {
 	}
 }
 
+// TestIntegrationAllNamespaces: with --netns=all, each namespace's counts
+// are exact, and a deleted namespace's series go. In precise mode the
+// namespaces are dumped once at start-up and then not for an hour: the
+// counts follow the events of each namespace alone.
 func TestIntegrationAllNamespaces(t *testing.T) {
+	t.Run("poll", func(t *testing.T) {
+		testAllNamespaces(t, "--mode=poll", "--poll.interval=200ms")
+	})
+	t.Run("precise", func(t *testing.T) {
+		eventlock.Exact(t)
+		testAllNamespaces(t, "--mode=precise", "--precise.dump-interval=1h")
+	})
+}
+
+func testAllNamespaces(t *testing.T, mode ...string) {
 	type space struct {
 		name  string
 		zoo   *statezoo.Zoo
 		inode uint64
+		path  string
 	}
 	var spaces []space
 	for i := 1; i <= 3; i++ {
@@ -180,9 +196,9 @@ func TestIntegrationAllNamespaces(t *testing.T) {
 		if err := unix.Stat(path, &st); err != nil {
 			t.Fatal(err)
 		}
-		spaces = append(spaces, space{name, zoo, st.Ino})
+		spaces = append(spaces, space{name, zoo, st.Ino, path})
 	}
-	p := exportertest.Start(t, "--netns=all", "--poll.interval=200ms", "--attribution.states=")
+	p := exportertest.Start(t, append(mode, "--netns=all", "--attribution.states=")...)
 
 	counts := func(m exportertest.Metrics, ns string) map[string]int {
 		got := map[string]int{}
@@ -214,6 +230,27 @@ func TestIntegrationAllNamespaces(t *testing.T) {
 		t.Fatalf("%d netlink sockets of the exporter in namespace %s, want 1", n, spaces[1].name)
 	}
 
+	// Four connections closed by their clients in the first namespace:
+	// its counts follow (two of them IPv4), the others' do not move.
+	first := spaces[0]
+	holdCloseWait(t, first.path, 4)
+	want := kernelCounts(t, first.path)["ipv4"]
+	if before := first.zoo.Expected()["ipv4"]["CLOSE_WAIT"]; want["CLOSE_WAIT"] != before+2 {
+		t.Fatalf("the kernel shows %v in %s, want 2 IPv4 CLOSE_WAIT sockets more than the zoo's %d", want, first.name, before)
+	}
+	m, ok = eventually(t, p.URL+"/metrics", 10*time.Second, func(m exportertest.Metrics) bool {
+		want = kernelCounts(t, first.path)["ipv4"] // the zoo's timers move some sockets on
+		return cmp.Equal(want, counts(m, first.name))
+	})
+	if !ok {
+		t.Fatalf("namespace %s after new connections (-kernel +exporter)\n%s", first.name, cmp.Diff(want, counts(m, first.name)))
+	}
+	for _, s := range spaces[1:] {
+		if d := cmp.Diff(s.zoo.Expected()["ipv4"], counts(m, s.name)); d != "" {
+			t.Errorf("namespace %s moved with another's connections (-want +got)\n%s", s.name, d)
+		}
+	}
+
 	// Delete the middle namespace: its series go, the others stay exact,
 	// no error is counted and its netlink socket is closed.
 	gone := spaces[1]
@@ -227,9 +264,9 @@ func TestIntegrationAllNamespaces(t *testing.T) {
 	if !ok {
 		t.Fatalf("series of the deleted namespace %s remain", gone.name)
 	}
-	for _, s := range []space{spaces[0], spaces[2]} {
-		if d := cmp.Diff(s.zoo.Expected()["ipv4"], counts(m, s.name)); d != "" {
-			t.Errorf("namespace %s after the deletion (-want +got)\n%s", s.name, d)
+	for ns, w := range map[string]map[string]int{first.name: want, spaces[2].name: spaces[2].zoo.Expected()["ipv4"]} {
+		if d := cmp.Diff(w, counts(m, ns)); d != "" {
+			t.Errorf("namespace %s after the deletion (-want +got)\n%s", ns, d)
 		}
 	}
 	for _, reason := range []string{"namespace", "dump"} {

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcpstate/tcpstate_exporter/internal/eventlock"
 	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 	"github.com/tcpstate/tcpstate_exporter/internal/loadtest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
@@ -52,6 +53,7 @@ func churnSeconds(t *testing.T) time.Duration {
 func TestIntegrationChurnKeepsLeakExact(t *testing.T) {
 	netnstest.RequireRoot(t)
 	requireTool(t, "ip")
+	eventlock.Churn(t)
 	d := churnSeconds(t)
 	for _, tc := range []struct {
 		name    string

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpstate/tcpstate_exporter/internal/eventlock"
 	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 	"github.com/tcpstate/tcpstate_exporter/internal/loadtest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
@@ -93,6 +94,7 @@ func (s loadSample) fds() fdUse {
 // what is left: the TIME_WAIT remnants of the connections closed
 // gracefully (every 50th; the rest are reset and leave nothing).
 func TestIntegrationLoad(t *testing.T) {
+	eventlock.Churn(t)
 	const (
 		interval   = 100 * time.Millisecond
 		churnRate  = 5000 // connections per second, at most

@@ -2,13 +2,18 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcpstate/tcpstate_exporter/internal/eventlock"
 	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 	"github.com/tcpstate/tcpstate_exporter/internal/statezoo"
@@ -21,6 +26,7 @@ import (
 func TestIntegrationPreciseModeSeesShortStays(t *testing.T) {
 	netnstest.RequireRoot(t)
 	requireTool(t, "ip")
+	eventlock.Exact(t)
 	name, path := netnstest.New(t)
 	view, viewPath := netnstest.New(t)
 	p := exportertest.StartWith(t, exportertest.Options{Wrapper: netnstest.Exec(view)},
@@ -93,56 +99,82 @@ func TestIntegrationPreciseModeSeesShortStays(t *testing.T) {
 	t.Logf("ESTABLISHED and SYN_SEND stays seen with no dump in between; %v events", m.Value("tcpstate_events_total"))
 
 	// Nothing of the BPF program outlives the exporter.
-	mine := ourPrograms(t)
-	if len(mine) == 0 {
-		t.Fatal("no BPF program of the exporter found while it runs")
+	objs := bpfObjects(t, p.PID())
+	if len(objs["prog_id"]) != 1 || len(objs["link_id"]) != 1 || len(objs["map_id"]) < 2 {
+		t.Fatalf("the exporter holds BPF objects %v; want its program, its link and its two maps", objs)
 	}
 	p.Stop(t)
-	// The kernel frees a program after an RCU grace period, not at once.
+	// The kernel frees them after an RCU grace period, not at once.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		var left []ebpf.ProgramID
-		for _, id := range mine {
-			if prog, err := ebpf.NewProgramFromID(id); err == nil {
-				prog.Close()
-				left = append(left, id)
-			}
-		}
+		left := loadedBPF(objs)
 		if len(left) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("BPF programs %v still loaded 5 s after the exporter stopped", left)
+			t.Fatalf("BPF objects still loaded 5 s after the exporter stopped: %v", left)
 		}
 	}
+}
+
+// bpfObjects lists the BPF programs, links and maps the process holds
+// descriptors of, by the id kind fdinfo gives them: prog_id, link_id,
+// map_id.
+func bpfObjects(t *testing.T, pid int) map[string][]uint32 {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := map[string][]uint32{}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		kind := ""
+		for _, line := range strings.Split(string(b), "\n") {
+			switch k, v, _ := strings.Cut(line, ":"); {
+			case k == "link_type":
+				kind = "link_id" // a link's fdinfo names its program too
+			case k == "link_id" || (k == "prog_id" || k == "map_id") && kind == "":
+				id, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+				if err == nil {
+					objs[k] = append(objs[k], uint32(id))
+				}
+			}
+		}
+	}
+	return objs
+}
+
+// loadedBPF returns those of the objects still loaded in the kernel.
+func loadedBPF(objs map[string][]uint32) []string {
+	var left []string
+	for kind, ids := range objs {
+		for _, id := range ids {
+			var closer interface{ Close() error }
+			var err error
+			switch kind {
+			case "prog_id":
+				closer, err = ebpf.NewProgramFromID(ebpf.ProgramID(id))
+			case "map_id":
+				closer, err = ebpf.NewMapFromID(ebpf.MapID(id))
+			case "link_id":
+				closer, err = link.NewFromID(link.ID(id))
+			}
+			if err == nil {
+				closer.Close()
+				left = append(left, fmt.Sprintf("%s %d", kind, id))
+			}
+		}
+	}
+	return left
 }
 
 // loopback4 is 127.0.0.1:port.
 func loopback4(port uint16) unix.Sockaddr {
 	return &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)}
-}
-
-// ourPrograms lists the loaded BPF programs attached to
-// inet_sock_set_state by this test's exporter (name truncated by the
-// kernel to 15 bytes).
-func ourPrograms(t *testing.T) []ebpf.ProgramID {
-	t.Helper()
-	var ids []ebpf.ProgramID
-	for id := ebpf.ProgramID(0); ; {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			return ids
-		}
-		id = next
-		prog, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
-		}
-		info, err := prog.Info()
-		prog.Close()
-		if err == nil && strings.HasPrefix("inet_sock_set_state", info.Name) && info.Name != "" {
-			ids = append(ids, id)
-		}
-	}
 }
 
 // TestIntegrationPreciseModeRefusedUnprivileged: without CAP_BPF and
@@ -173,6 +205,7 @@ func TestIntegrationPreciseModeRefusedUnprivileged(t *testing.T) {
 func TestIntegrationPreciseModeRepairsLoss(t *testing.T) {
 	netnstest.RequireRoot(t)
 	requireTool(t, "ip")
+	eventlock.Churn(t)
 	name, path := netnstest.New(t)
 	view, viewPath := netnstest.New(t)
 	p := exportertest.StartWith(t, exportertest.Options{Wrapper: netnstest.Exec(view)},

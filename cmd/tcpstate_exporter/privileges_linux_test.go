@@ -212,9 +212,8 @@ func startHelper(t *testing.T, bin, mode string, wrapper []string) (int, func(pa
 // once it serves: with --netns, CAP_SYS_ADMIN (to re-enter the namespace),
 // CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; without, only the last two; and
 // no_new_privs. The namespace is then deleted and made anew under the same
-// name, which the exporter can only follow if it kept CAP_SYS_ADMIN.
-//
-// FAILS UNTIL main.go's serve() calls dropPrivileges after the first poll.
+// name, which the exporter can only follow if it kept CAP_SYS_ADMIN. In
+// precise mode CAP_BPF and CAP_PERFMON go too, and the events still come.
 func TestIntegrationPrivilegesDroppedAfterStartup(t *testing.T) {
 	name, path := netnstest.New(t)
 	bin := helperBinary(t)
@@ -248,13 +247,30 @@ func TestIntegrationPrivilegesDroppedAfterStartup(t *testing.T) {
 	if got := capsOfAllThreads(t, p.PID()); got != (threadCaps{Eff: want, Prm: want, Inh: mask(), Bnd: want, Amb: mask(), NoNewPrivs: "1"}) {
 		t.Errorf("serving its own namespace: %+v, want CapEff=CapPrm=CapBnd=%s and NoNewPrivs 1", got, want)
 	}
+	p.Stop(t)
+
+	// Precise mode, with no dump after the first for an hour: a listener
+	// can only show through the events, read without CAP_BPF.
+	p = serve("--netns="+name, "--mode=precise", "--precise.dump-interval=1h")
+	if m := exportertest.Scrape(t, p.URL+"/metrics"); m.Value("tcpstate_mode", "mode=precise") != 1 {
+		t.Fatalf("not in precise mode\n%s", p.Log())
+	}
+	want = mask(unix.CAP_DAC_READ_SEARCH, unix.CAP_SYS_PTRACE, unix.CAP_SYS_ADMIN)
+	if got := capsOfAllThreads(t, p.PID()); got != (threadCaps{Eff: want, Prm: want, Inh: mask(), Bnd: want, Amb: mask(), NoNewPrivs: "1"}) {
+		t.Errorf("serving in precise mode: %+v, want CapEff=CapPrm=CapBnd=%s and NoNewPrivs 1", got, want)
+	}
+	listener = listenIn(t, path)
+	defer unix.Close(listener)
+	if _, ok := eventually(t, p.URL+"/metrics", 5*time.Second, func(m exportertest.Metrics) bool {
+		return m.Value("tcpstate_sockets", "family=ipv4", "state=LISTEN") == 1 && m.Value("tcpstate_events_total") >= 1
+	}); !ok {
+		t.Errorf("a new listener did not show through the events after the drop\n%s", p.Log())
+	}
 }
 
 // TestIntegrationCgoBuildWarnsCapabilitiesKept: a binary built with cgo
 // (the race detector's, here) cannot drop capabilities on all threads; it
 // must say so rather than drop them on some.
-//
-// FAILS UNTIL main.go's serve() calls dropPrivileges after the first poll.
 func TestIntegrationCgoBuildWarnsCapabilitiesKept(t *testing.T) {
 	netnstest.RequireRoot(t)
 	out, err := exec.Command("go", "version", "-m", exportertest.Binary(t)).Output()

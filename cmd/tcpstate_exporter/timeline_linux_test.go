@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpstate/tcpstate_exporter/collector"
+	"github.com/tcpstate/tcpstate_exporter/internal/eventlock"
 	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 	"github.com/tcpstate/tcpstate_exporter/internal/loadtest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
@@ -41,6 +42,7 @@ func TestIntegrationPreciseTimeline(t *testing.T) {
 	netnstest.RequireRoot(t)
 	requireTool(t, "ip")
 	t.Parallel()
+	eventlock.Exact(t)
 	testPreciseTimeline(t, unix.AF_INET, 200, 10)
 }
 
@@ -470,6 +472,7 @@ func TestIntegrationPreciseEdgeCases(t *testing.T) {
 	netnstest.RequireRoot(t)
 	requireTool(t, "ip")
 	t.Parallel()
+	eventlock.Exact(t)
 	t.Run("preexisting", func(t *testing.T) { t.Parallel(); testPreciseRestart(t) })
 	t.Run("closing", func(t *testing.T) { t.Parallel(); testPreciseClosing(t) })
 	t.Run("reset", func(t *testing.T) { t.Parallel(); testPreciseReset(t) })
@@ -657,6 +660,7 @@ func testPreciseRestart(t *testing.T) {
 func TestIntegrationPreciseChurnWhileLoading(t *testing.T) {
 	netnstest.RequireRoot(t)
 	requireTool(t, "ip")
+	eventlock.Churn(t)
 	name, path := netnstest.New(t)
 	holdCloseWait(t, path, 4)
 	churn, err := loadtest.StartChurn(path, loadtest.ChurnOptions{Workers: 2, GracefulEvery: 3, Rate: 3000})
@@ -951,6 +955,7 @@ func TestIntegrationPreciseOrphanFinWait2(t *testing.T) {
 	netnstest.RequireRoot(t)
 	requireTool(t, "ip")
 	t.Parallel()
+	eventlock.Exact(t)
 	const interval = 2 * time.Second
 	name, path := netnstest.New(t)
 	r := startPrecise(t, name, path, interval)

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcpstate/tcpstate_exporter/internal/eventlock"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
 )
@@ -32,6 +33,7 @@ func states(t *testing.T, path string) map[uint8]int {
 }
 
 func TestIntegrationChurnLeavesOnlyTimeWait(t *testing.T) {
+	eventlock.Churn(t)
 	_, path := netnstest.New(t)
 	c, err := StartChurn(path, ChurnOptions{Rate: 4000, Workers: 4, GracefulEvery: 10})
 	if err != nil {
