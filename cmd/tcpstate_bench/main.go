@@ -14,7 +14,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -60,6 +59,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.cfg.overrunInterval, "overrun-interval", 10*time.Millisecond, "a --poll.interval shorter than a poll, to check that overrunning polls do not pile up")
 	fs.DurationVar(&o.cfg.overrunWindow, "overrun-window", 3*time.Second, "how long to run at --overrun-interval; 0 skips the check")
 	fs.StringVar(&o.cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of this process's dumps and polls (the last size's) to this file")
+	fs.DurationVar(&o.cfg.modeWindow, "mode-window", 30*time.Second, "how long tcpstate_exporter's CPU is measured in each mode, polling every --interval and precise, under --churn; 30s takes in one of precise mode's reconciling dumps and two process attribution walks in either mode; 0 skips the modes and the throughput check")
+	fs.IntVar(&o.cfg.modeRuns, "mode-runs", 3, "measurements per mode, the modes in turns; the table shows medians")
+	fs.IntVar(&o.cfg.churn, "churn", 1000, fmt.Sprintf("new loopback connections a second, each held %v and closed client-first, while the modes are measured (at most %d)", churnHold, maxChurnRate))
+	fs.DurationVar(&o.cfg.churnWarmup, "churn-warmup", timeWaitLifetime, "how long --churn runs before the modes are measured, for its TIME_WAIT remnants to level off")
+	fs.IntVar(&o.cfg.throughput, "throughput", 100_000, fmt.Sprintf("state changes a second to drive at precise mode, %d per connection, after the modes are measured; 0 skips the check", transitionsPerConn))
+	fs.DurationVar(&o.cfg.throughputWindow, "throughput-window", 5*time.Second, "how long the throughput check drives its changes (1s to 30s)")
 	fs.DurationVar(&o.timeout, "timeout", 15*time.Minute, "give up, and clean up, after this long")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -88,13 +93,27 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("--overrun-interval=%v: must be at least 10ms", o.cfg.overrunInterval)
 	case o.cfg.overrunWindow < 0:
 		return nil, fmt.Errorf("--overrun-window=%v: must not be negative", o.cfg.overrunWindow)
+	case o.cfg.modeWindow != 0 && o.cfg.modeWindow < time.Second:
+		return nil, fmt.Errorf("--mode-window=%v: must be 0 or at least 1s", o.cfg.modeWindow)
+	case o.cfg.modeRuns < 1:
+		return nil, fmt.Errorf("--mode-runs=%d: must be at least 1", o.cfg.modeRuns)
+	case o.cfg.churn < 0 || o.cfg.churn > maxChurnRate:
+		return nil, fmt.Errorf("--churn=%d: must be between 0 and %d", o.cfg.churn, maxChurnRate)
+	case o.cfg.churnWarmup < 0:
+		return nil, fmt.Errorf("--churn-warmup=%v: must not be negative", o.cfg.churnWarmup)
+	case o.cfg.throughput < 0 || o.cfg.throughput > maxChurnRate*transitionsPerConn:
+		return nil, fmt.Errorf("--throughput=%d: must be between 0 and %d", o.cfg.throughput, maxChurnRate*transitionsPerConn)
+	case o.cfg.throughput > 0 && o.cfg.throughput < transitionsPerConn*throughputWorkers:
+		return nil, fmt.Errorf("--throughput=%d: must be 0 or at least %d, a connection a second for each of %d threads", o.cfg.throughput, transitionsPerConn*throughputWorkers, throughputWorkers)
+	case o.cfg.throughputWindow < time.Second || o.cfg.throughputWindow > 30*time.Second:
+		return nil, fmt.Errorf("--throughput-window=%v: must be between 1s and 30s", o.cfg.throughputWindow)
 	case o.timeout <= 0:
 		return nil, fmt.Errorf("--timeout=%v: must be positive", o.timeout)
 	}
 	return o, nil
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+func run(args []string, stdout, stderr io.Writer) (code int) {
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -115,6 +134,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
+	if o.cfg.modeWindow > 0 {
+		// Precise mode's cost is partly its BPF program's, which the
+		// kernel counts only while asked to. Put back as found on every
+		// way out: the signals above end ctx, not the process.
+		restore, err := enableBPFStats()
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", name, err)
+			return 1
+		}
+		defer func() {
+			if err := restore(); err != nil {
+				fmt.Fprintf(stderr, "%s: %v\n", name, err)
+				code = 1
+			}
+		}()
+	}
 
 	var results []*result
 	for _, size := range o.sizes {
@@ -235,11 +270,31 @@ func msList(ds []time.Duration) string {
 	return "[" + strings.Join(s, " ") + "] ms"
 }
 
+// minPerSocket is the fewest tracked sockets whose memory is told apart
+// from the runtime's own growth.
+const minPerSocket = 50_000
+
+// perSocket is what each of tracked sockets adds to a process's memory
+// use, against its use with none.
+func perSocket(use, none int64, tracked int) float64 {
+	return float64(use-none) / float64(max(1, tracked))
+}
+
 func mb(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
 
 // ratio returns the median of a[i]/b[i]: on a busy machine the runs' own
 // ratios drift less than their times.
 func ratio(a, b []time.Duration) string {
+	m, ok := medianRatio(a, b)
+	if !ok {
+		return "–"
+	}
+	return fmt.Sprintf("%.2fx", m)
+}
+
+// medianRatio returns the median of a[i]/b[i] over the pairs with b[i]
+// above zero, and false if there are none.
+func medianRatio[T float64 | time.Duration](a, b []T) (float64, bool) {
 	var r []float64
 	for i := range min(len(a), len(b)) {
 		if b[i] > 0 {
@@ -247,14 +302,9 @@ func ratio(a, b []time.Duration) string {
 		}
 	}
 	if len(r) == 0 {
-		return "–"
+		return 0, false
 	}
-	slices.Sort(r)
-	m := r[len(r)/2]
-	if len(r)%2 == 0 {
-		m = (r[len(r)/2-1] + m) / 2
-	}
-	return fmt.Sprintf("%.2fx", m)
+	return median(r), true
 }
 
 // thousands formats n with thin separators: 200,123.
@@ -319,8 +369,8 @@ func table(results []*result, cfg config, env string) string {
 	})
 	row("**tcpstate_exporter RSS**: total, anonymous (with no sockets)", func(r *result) string {
 		s := fmt.Sprintf("**%s**, %s (%s, %s)", mb(r.mem.rss), mb(r.mem.anon), mb(r.base.rss), mb(r.base.anon))
-		if r.tracked >= 50_000 { // fewer are lost in the runtime's own growth
-			s += fmt.Sprintf("; %.0f B per tracked socket", float64(r.mem.rss-r.base.rss)/float64(r.tracked))
+		if r.tracked >= minPerSocket {
+			s += fmt.Sprintf("; %.0f B per tracked socket", perSocket(r.mem.rss, r.base.rss, r.tracked))
 		}
 		return s
 	})
@@ -343,6 +393,9 @@ func table(results []*result, cfg config, env string) string {
 		row(fmt.Sprintf("tcpstate_exporter at `--poll.interval=%v` for %v", cfg.overrunInterval, cfg.overrunWindow), func(r *result) string {
 			return fmt.Sprintf("%d polls of %s, %d overruns counted; scrape %s", r.overrunPolls, ms3(r.overrunPollMean), r.overrunOverruns, ms3(median(r.overrunScrape)))
 		})
+	}
+	if cfg.modeWindow > 0 {
+		modeRows(row, cfg)
 	}
 	return b.String()
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"syscall"
@@ -27,6 +28,19 @@ func TestParseFlags(t *testing.T) {
 	if len(o.sizes) != 2 || o.sizes[0] != 10_000 || o.sizes[1] != 200_000 || o.cfg.runs != 3 {
 		t.Errorf("sizes %v runs %d, want [10000 200000] and 3", o.sizes, o.cfg.runs)
 	}
+	// The issue's load: 1000 connections a second while both modes are
+	// measured, then 100,000 changes a second.
+	if c := o.cfg; c.modeWindow != 30*time.Second || c.churn != 1000 || c.throughput != 100_000 || c.churnWarmup != time.Minute {
+		t.Errorf("mode window %v, churn %d after %v, throughput %d; want 30s, 1000 after 1m, 100000", c.modeWindow, c.churn, c.churnWarmup, c.throughput)
+	}
+	for _, good := range [][]string{
+		{"--mode-window=0", "--throughput=0", "--churn=0"},
+		{"--churn=20000", "--throughput=200000", "--throughput-window=30s"},
+	} {
+		if _, err := parseFlags(good, &bytes.Buffer{}); err != nil {
+			t.Errorf("parseFlags(%q): %v", good, err)
+		}
+	}
 	for _, bad := range [][]string{
 		{"--sockets=lots"},
 		{"--sockets=5"},
@@ -36,6 +50,17 @@ func TestParseFlags(t *testing.T) {
 		{"--interval=1ms"},
 		{"--cpu-window=100ms"},
 		{"--timeout=0s"},
+		{"--mode-window=500ms"},
+		{"--mode-window=-1s"},
+		{"--mode-runs=0"},
+		{"--churn=-1"},
+		{"--churn=20001"},
+		{"--churn-warmup=-1s"},
+		{"--throughput=-10"},
+		{"--throughput=39"},
+		{"--throughput=200001"},
+		{"--throughput-window=500ms"},
+		{"--throughput-window=31s"},
 		{"extra"},
 	} {
 		if _, err := parseFlags(bad, &bytes.Buffer{}); err == nil {
@@ -115,9 +140,11 @@ func TestIntegrationBenchSmoke(t *testing.T) {
 	exporter, bench := exportertest.Binary(t), benchBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
+	statsBefore := bpfStats(t)
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, bench, "--sockets=2000", "--runs=2", "--exporter="+exporter,
-		"--cpu-window=2s", "--overrun-window=1s", "--timeout=80s")
+		"--cpu-window=2s", "--overrun-window=1s", "--timeout=80s",
+		"--mode-window=2s", "--mode-runs=1", "--churn=200", "--churn-warmup=1s", "--throughput=20000", "--throughput-window=2s")
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("%v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
@@ -130,6 +157,13 @@ func TestIntegrationBenchSmoke(t *testing.T) {
 		"| **tcpstate_exporter scrape** (GET /metrics) | ",
 		"| node_exporter tcpstat scrape | ",
 		"overruns counted",
+		"| churn while the modes are measured ",
+		"| **poll mode** (`--poll.interval=1s`): CPU over 2s, share of a core | **",
+		"| **precise mode** (`--mode=precise`): CPU, the exporter's + its BPF program's | **",
+		"| **precise / poll CPU** | **",
+		"| precise mode: events applied a second; lost (all causes) | ",
+		"| precise mode: RSS, anonymous (with no sockets); tracked sockets | ",
+		"| **throughput check**, precise mode: 20,000 changes a second asked for 2s | **",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
@@ -138,9 +172,33 @@ func TestIntegrationBenchSmoke(t *testing.T) {
 	if _, err := exec.LookPath("prometheus-node-exporter"); err != nil && !strings.Contains(out, "not installed") {
 		t.Errorf("node_exporter is not installed but the table does not say so:\n%s", out)
 	}
+	// Precise mode was measured under churn, and lost nothing.
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`events applied a second; lost \(all causes\) \| [1-9][0-9,]*; 0 lost \|`),
+		regexp.MustCompile(`BPF program's \| \*\*[0-9.]+%\*\* \([0-9.]+% \+ [0-9.]*[1-9][0-9.]*%`),
+		regexp.MustCompile(`throughput check.*\| \*\*[1-9][0-9,]* a second applied\*\*, 0 lost`),
+	} {
+		if !want.MatchString(out) {
+			t.Errorf("table does not match %s:\n%s", want, out)
+		}
+	}
 	if left := leftovers(cmd.Process.Pid, bench, exporter); len(left) > 0 {
 		t.Errorf("left behind: %v\nstderr:\n%s", left, stderr.String())
 	}
+	if after := bpfStats(t); after != statsBefore {
+		t.Errorf("%s is %q after the run, was %q", bpfStatsSysctl, after, statsBefore)
+	}
+}
+
+// bpfStats reads bpfStatsSysctl, which a bench run turns on and must put
+// back.
+func bpfStats(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(bpfStatsSysctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // TestIntegrationBenchInterrupted stops the benchmark with SIGTERM once its
@@ -149,6 +207,7 @@ func TestIntegrationBenchSmoke(t *testing.T) {
 func TestIntegrationBenchInterrupted(t *testing.T) {
 	netnstest.RequireRoot(t)
 	exporter, bench := exportertest.Binary(t), benchBinary(t)
+	statsBefore := bpfStats(t)
 	var stderr syncBuffer
 	cmd := exec.Command(bench, "--sockets=20000", "--exporter="+exporter, "--timeout=80s")
 	cmd.Stderr = &stderr
@@ -169,6 +228,9 @@ func TestIntegrationBenchInterrupted(t *testing.T) {
 			t.Fatalf("no population within a minute:\n%s", stderr.String())
 		}
 	}
+	if got := bpfStats(t); got != "1" {
+		t.Errorf("%s is %q while the benchmark runs, want 1", bpfStatsSysctl, got)
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-done:
@@ -181,5 +243,8 @@ func TestIntegrationBenchInterrupted(t *testing.T) {
 	}
 	if left := leftovers(cmd.Process.Pid, bench, exporter); len(left) > 0 {
 		t.Errorf("left behind: %v\nstderr:\n%s", left, stderr.String())
+	}
+	if after := bpfStats(t); after != statsBefore {
+		t.Errorf("%s is %q after SIGTERM, was %q", bpfStatsSysctl, after, statsBefore)
 	}
 }

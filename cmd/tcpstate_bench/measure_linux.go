@@ -33,6 +33,14 @@ type config struct {
 	self            string // this binary, re-run as holders
 	cpuProfile      string // where to write a CPU profile of our dumps and polls
 	logf            func(string, ...any)
+
+	// Poll mode against precise mode; none if modeWindow is 0.
+	modeWindow       time.Duration
+	modeRuns         int
+	churn            int // new connections a second while the modes are measured
+	churnWarmup      time.Duration
+	throughput       int // transitions a second to drive at precise mode; 0 for none
+	throughputWindow time.Duration
 }
 
 // result is everything measured at one size.
@@ -66,6 +74,13 @@ type result struct {
 	overrunPollMean time.Duration
 	overrunScrape   []time.Duration
 	overrunMem      memUse
+
+	// The two modes, under churn.
+	basePrecise memUse // precise mode in a namespace with no sockets
+	churnRate   float64
+	pollMode    []modeRun
+	precise     []modeRun
+	throughput  []throughputRun // at growing rings, until one loses nothing
 }
 
 // Ports the exporters listen on inside the benchmark's private namespace.
@@ -97,6 +112,11 @@ func benchSize(ctx context.Context, size int, cfg config) (res *result, err erro
 	if res.base, res.nodeBase, err = baseline(ctx, ns, cfg); err != nil {
 		return nil, err
 	}
+	if cfg.modeWindow > 0 {
+		if res.basePrecise, err = basePrecise(ctx, ns, cfg); err != nil {
+			return nil, err
+		}
+	}
 
 	p := newPlan(size, cfg.v6)
 	cfg.logf("building %d sockets in %s: %d holder processes", size, name, len(p.holders))
@@ -121,6 +141,11 @@ func benchSize(ctx context.Context, size int, cfg config) (res *result, err erro
 	}
 	if cfg.overrunWindow > 0 {
 		if err := measureOverrun(ctx, ns, cfg, res); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.modeWindow > 0 {
+		if err := measureModes(ctx, ns, cfg, res); err != nil {
 			return nil, err
 		}
 	}
@@ -157,6 +182,16 @@ func baseline(ctx context.Context, ns *namespace, cfg config) (ours, node memUse
 	}
 	node, err = memory(n.pid())
 	return ours, node, err
+}
+
+// basePrecise is precise mode's footprint with no sockets to report.
+func basePrecise(ctx context.Context, ns *namespace, cfg config) (memUse, error) {
+	s, _, err := startMode(ctx, ns, cfg, true, 0)
+	if err != nil {
+		return memUse{}, err
+	}
+	defer s.stop()
+	return memory(s.pid())
 }
 
 func startNode(ctx context.Context, ns *namespace, cfg config) (*server, error) {
@@ -484,7 +519,7 @@ func loadAverage() string {
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 // median returns the median of xs, 0 for none.
-func median[T int | uint64 | time.Duration](xs []T) T {
+func median[T int | uint64 | float64 | time.Duration](xs []T) T {
 	if len(xs) == 0 {
 		return 0
 	}
