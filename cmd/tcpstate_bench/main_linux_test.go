@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpstate/tcpstate_exporter/internal/eventlock"
 	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 )
@@ -137,6 +138,7 @@ func leftovers(pid int, binaries ...string) []string {
 // that it prints its table and leaves nothing behind.
 func TestIntegrationBenchSmoke(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Churn(t) // its churn and throughput check
 	exporter, bench := exportertest.Binary(t), benchBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -206,6 +208,7 @@ func bpfStats(t *testing.T) string {
 // made.
 func TestIntegrationBenchInterrupted(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Churn(t) // its churn and throughput check
 	exporter, bench := exportertest.Binary(t), benchBinary(t)
 	statsBefore := bpfStats(t)
 	var stderr syncBuffer

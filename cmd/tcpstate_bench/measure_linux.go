@@ -152,8 +152,15 @@ func benchSize(ctx context.Context, size int, cfg config) (res *result, err erro
 	return res, nil
 }
 
+// exporterArgs is the command line of tcpstate_exporter polling every
+// interval.
 func (cfg config) exporterArgs(interval time.Duration) []string {
-	args := []string{cfg.exporter, "--web.listen-address=127.0.0.1:9965", "--mode=poll", "--poll.interval=" + interval.String(), "--log.level=warn"}
+	return cfg.exporterArgsIn("poll", interval)
+}
+
+// exporterArgsIn is the command line of tcpstate_exporter in mode.
+func (cfg config) exporterArgsIn(mode string, interval time.Duration) []string {
+	args := []string{cfg.exporter, "--web.listen-address=127.0.0.1:9965", "--mode=" + mode, "--poll.interval=" + interval.String(), "--log.level=warn"}
 	return append(args, cfg.exporterFlags...)
 }
 

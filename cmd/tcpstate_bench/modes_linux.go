@@ -56,7 +56,7 @@ type throughputRun struct {
 }
 
 func (cfg config) preciseArgs(ringBytes int) []string {
-	args := append(cfg.exporterArgs(cfg.interval), "--mode=precise")
+	args := cfg.exporterArgsIn("precise", cfg.interval)
 	if ringBytes > 0 {
 		args = append(args, "--precise.ring-bytes="+strconv.Itoa(ringBytes))
 	}
