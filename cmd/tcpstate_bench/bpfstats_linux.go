@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // bpfStatsSysctl makes the kernel count every BPF program's runs and run
@@ -21,21 +22,29 @@ import (
 const bpfStatsSysctl = "/proc/sys/kernel/bpf_stats_enabled"
 
 // enableBPFStats turns bpfStatsSysctl on and returns what puts back the
-// value it found.
+// value it found. The sysctl is one switch for the whole host, which others
+// may turn off meanwhile; a BPF_ENABLE_STATS descriptor, held until
+// restore, keeps the counting on whatever they write.
 func enableBPFStats() (restore func() error, err error) {
 	old, err := os.ReadFile(bpfStatsSysctl)
 	if err != nil {
 		return nil, fmt.Errorf("BPF run time statistics: %w", err)
 	}
+	old = bytes.TrimSpace(old)
 	if err := os.WriteFile(bpfStatsSysctl, []byte("1"), 0); err != nil {
 		return nil, fmt.Errorf("enable BPF run time statistics: %w", err)
 	}
-	return func() error {
-		if err := os.WriteFile(bpfStatsSysctl, bytes.TrimSpace(old), 0); err != nil {
-			return fmt.Errorf("restore %s to %s: %w", bpfStatsSysctl, bytes.TrimSpace(old), err)
+	put := func() error {
+		if err := os.WriteFile(bpfStatsSysctl, old, 0); err != nil {
+			return fmt.Errorf("restore %s to %s: %w", bpfStatsSysctl, old, err)
 		}
 		return nil
-	}, nil
+	}
+	hold, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("enable BPF run time statistics: %w", err), put())
+	}
+	return func() error { return errors.Join(hold.Close(), put()) }, nil
 }
 
 // preciseProgram is the name of the exporter's BPF program, as the kernel

@@ -13,6 +13,14 @@
 // collector, when prometheus-node-exporter is installed; and whether polls
 // pile up at an interval shorter than a poll.
 //
+// Then, under a churn of new loopback connections (--churn a second, each
+// closed client-first), it runs the exporter polling every second and in
+// precise mode, in turns, and sets their CPU side by side: the process's
+// own, plus in precise mode its BPF program's run time, counted by the
+// kernel while kernel.bpf_stats_enabled is on (the run puts it back as it
+// found it). Last, it drives --throughput state changes a second at precise
+// mode for a few seconds and reports what was applied and lost.
+//
 //	go build -o /tmp/tcpstate/ ./cmd/...
 //	/tmp/tcpstate/tcpstate_bench --sockets=10000,100000,200000
 package main

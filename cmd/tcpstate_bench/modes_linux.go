@@ -36,6 +36,7 @@ type modeRun struct {
 	bpf     bpfRun        // its BPF program's, in precise mode
 	events  float64       // tcpstate_events_total over the window
 	lost    float64       // tcpstate_events_lost_total since it started
+	lostBy  string        // the same by reason
 	polls   float64       // dumps over the window
 	mem     memUse
 	tracked int
@@ -133,7 +134,11 @@ func measureMode(ctx context.Context, ns *namespace, cfg config, precise bool) (
 		return modeRun{}, err
 	}
 	r.events = m1.sum("tcpstate_events_total") - m0.sum("tcpstate_events_total")
+	if precise && r.events > 0 && r.bpf.runs == 0 {
+		return modeRun{}, errors.New("the kernel counted no run of the BPF program: BPF run time statistics are off")
+	}
 	r.lost = m1.sum("tcpstate_events_lost_total")
+	r.lostBy = m1.byLabel("tcpstate_events_lost_total", "reason")
 	r.polls = m1.sum("tcpstate_polls_total") - m0.sum("tcpstate_polls_total")
 	r.tracked = int(m1.sum("tcpstate_tracked_sockets"))
 	r.mem, err = memory(s.pid())
@@ -179,9 +184,9 @@ func measureModes(ctx context.Context, ns *namespace, cfg config, res *result) (
 			} else {
 				res.pollMode = append(res.pollMode, r)
 			}
-			cfg.logf("run %d/%d, %s mode: CPU %v + BPF %v (%d runs) over %v = %.2f%% of a core; %d dumps, %.0f events (%.0f/s), %.0f lost; RSS %s, %d tracked",
+			cfg.logf("run %d/%d, %s mode: CPU %v + BPF %v (%d runs) over %v = %.2f%% of a core; %d dumps, %.0f events (%.0f/s), %.0f lost %s; RSS %s, %d tracked",
 				run+1, cfg.modeRuns, modeName(precise), ms3(r.cpu), ms3(r.bpf.time), r.bpf.runs, r.window.Round(time.Millisecond), 100*r.share(),
-				int(r.polls), r.events, r.events/r.window.Seconds(), r.lost, mb(r.mem.rss), r.tracked)
+				int(r.polls), r.events, r.events/r.window.Seconds(), r.lost, r.lostBy, mb(r.mem.rss), r.tracked)
 		}
 	}
 	if cfg.throughput == 0 {
@@ -269,8 +274,8 @@ func measureThroughput(ctx context.Context, ns *namespace, cfg config, ringBytes
 		return throughputRun{}, err
 	}
 	r.lost = m1.sum("tcpstate_events_lost_total")
-	cfg.logf("throughput check, ring %s: %.0f connections a second for %v: %.0f events a second applied, %.0f lost; exporter %.1f%% of a core, BPF %v in %d runs",
-		mb(int64(ringBytes)), r.conns, cfg.throughputWindow, r.rate, r.lost, 100*r.cpu, ms3(r.bpf.time), r.bpf.runs)
+	cfg.logf("throughput check, ring %s: %.0f connections a second for %v: %.0f events a second applied, %.0f lost %s; exporter %.1f%% of a core, BPF %v in %d runs",
+		mb(int64(ringBytes)), r.conns, cfg.throughputWindow, r.rate, r.lost, m1.byLabel("tcpstate_events_lost_total", "reason"), 100*r.cpu, ms3(r.bpf.time), r.bpf.runs)
 	if r.rate == 0 {
 		return r, fmt.Errorf("fewer than two publishes seen in %v", cfg.throughputWindow)
 	}

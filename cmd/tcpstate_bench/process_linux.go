@@ -212,9 +212,31 @@ func parseMetrics(body []byte) (metrics, error) {
 func (m metrics) sum(name string) float64 {
 	var v float64
 	for _, x := range m[name].GetMetric() {
-		v += x.GetGauge().GetValue() + x.GetCounter().GetValue() + x.GetUntyped().GetValue()
+		v += value(x)
 	}
 	return v
+}
+
+// value is a gauge's, counter's or untyped series' value.
+func value(x *dto.Metric) float64 {
+	return x.GetGauge().GetValue() + x.GetCounter().GetValue() + x.GetUntyped().GetValue()
+}
+
+// byLabel lists a family's nonzero series by one label: {a=1 b=2}.
+func (m metrics) byLabel(name, label string) string {
+	var parts []string
+	for _, x := range m[name].GetMetric() {
+		v := value(x)
+		if v == 0 {
+			continue
+		}
+		for _, l := range x.GetLabel() {
+			if l.GetName() == label {
+				parts = append(parts, fmt.Sprintf("%s=%g", l.GetValue(), v))
+			}
+		}
+	}
+	return "{" + strings.Join(parts, " ") + "}"
 }
 
 // histogram returns a histogram's sample count and sum.
