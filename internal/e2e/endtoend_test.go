@@ -25,6 +25,7 @@ import (
 	gocmp "github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/tcpstate/tcpstate_exporter/internal/eventlock"
 	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
@@ -65,6 +66,7 @@ const testFor = "3s"
 // serves data for, run for it.
 func TestIntegrationPrometheusEndToEnd(t *testing.T) {
 	netnstest.RequireRoot(t)
+	eventlock.Exact(t) // it expects no event lost, which churn elsewhere would make
 	prometheus := requireTool(t, "prometheus", promtoolHint)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
 	defer cancel()

@@ -7,9 +7,10 @@
 // of thousands of connections a second, a program is now and then
 // interrupted on its CPU by a change it would have to record too, which the
 // kernel skips (recursion misses): the test counting that program's events
-// exactly then fails for another test's load. Tests that count exactly
-// take the lock shared, so they still run together; tests that churn take
-// it exclusively.
+// exactly then fails for another test's load. Several exporters, each with
+// its program, counting at once make such misses likelier too. So every
+// test that counts events exactly, and every test that churns, takes the
+// lock, one at a time.
 package eventlock
 
 import (
@@ -23,12 +24,12 @@ import (
 // path is the lock file every test binary on the machine opens.
 var path = filepath.Join(os.TempDir(), "tcpstate_exporter-events.lock")
 
-// Exact holds the lock shared until the test ends: for a test that counts
-// kernel events exactly.
-func Exact(t testing.TB) { hold(t, unix.LOCK_SH) }
+// Exact holds the lock until the test ends: for a test that counts kernel
+// events exactly. Call it after t.Parallel, never before.
+func Exact(t testing.TB) { hold(t, unix.LOCK_EX) }
 
-// Churn holds the lock exclusively until the test ends: for a test that
-// floods the kernel with TCP state changes.
+// Churn holds the lock until the test ends: for a test that floods the
+// kernel with TCP state changes.
 func Churn(t testing.TB) { hold(t, unix.LOCK_EX) }
 
 func hold(t testing.TB, how int) {
