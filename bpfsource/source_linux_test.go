@@ -513,8 +513,9 @@ func TestIntegrationTransitions(t *testing.T) {
 			evs := rec.settle(opts.ReadInterval)
 			end := monotonic(t)
 
-			// The client's FIN_WAIT2->CLOSE with sk_err 0 was its hand-over
-			// to TIME_WAIT: the remnant carries its cookie.
+			// The client's FIN_WAIT2->CLOSE was its hand-over to a remnant,
+			// which the server's FIN has since taken to TIME_WAIT: the
+			// remnant carries its cookie.
 			if state, ok := diagState(t, path, client); !ok || state != netlinkdiag.StateTimeWait {
 				t.Errorf("sock_diag: client cookie %d in state %s (found %v), want TIME_WAIT", client, stateName(state), ok)
 			}

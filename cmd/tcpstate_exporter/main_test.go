@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math"
+	"net/http"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -36,9 +37,15 @@ func socketCounts(m exportertest.Metrics) map[string]map[string]int {
 // and returns the last scrape.
 func eventually(t *testing.T, url string, d time.Duration, ok func(exportertest.Metrics) bool) (exportertest.Metrics, bool) {
 	t.Helper()
+	return eventuallyWith(t, http.DefaultClient, url, d, ok)
+}
+
+// eventuallyWith is eventually through client.
+func eventuallyWith(t *testing.T, client *http.Client, url string, d time.Duration, ok func(exportertest.Metrics) bool) (exportertest.Metrics, bool) {
+	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
-		m := exportertest.Scrape(t, url)
+		m := exportertest.ScrapeWith(t, client, url)
 		if ok(m) {
 			return m, true
 		}

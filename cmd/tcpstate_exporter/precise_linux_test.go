@@ -61,15 +61,11 @@ func TestIntegrationPreciseModeSeesShortStays(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var m exportertest.Metrics
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		m = exportertest.ScrapeWith(t, client, url)
-		if m.Value("tcpstate_transitions_total", "from=LAST_ACK", "to=CLOSED") >= conns {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after 10 s: %v LAST_ACK->CLOSED transitions, want %d", m.Value("tcpstate_transitions_total", "from=LAST_ACK", "to=CLOSED"), conns)
-		}
+	m, ok := eventuallyWith(t, client, url, 10*time.Second, func(m exportertest.Metrics) bool {
+		return m.Value("tcpstate_transitions_total", "from=LAST_ACK", "to=CLOSED") >= conns
+	})
+	if !ok {
+		t.Fatalf("after 10 s: %v LAST_ACK->CLOSED transitions, want %d", m.Value("tcpstate_transitions_total", "from=LAST_ACK", "to=CLOSED"), conns)
 	}
 	for _, tr := range [][2]string{
 		{"CLOSED", "SYN_SEND"}, {"SYN_SEND", "ESTABLISHED"}, {"ESTABLISHED", "FIN_WAIT_1"}, {"FIN_WAIT_1", "FIN_WAIT_2"},
@@ -245,17 +241,13 @@ func TestIntegrationPreciseModeRepairsLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m exportertest.Metrics
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		m = exportertest.ScrapeWith(t, client, url)
-		if m.Value("tcpstate_events_lost_total", "reason=ring_full") > 0 && m.Value("tcpstate_polls_total") >= 2 &&
-			churnSum(m, "tcpstate_sockets", "state=ESTABLISHED") == 2*conns {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after 10 s: %v events lost, %v polls, %v ESTABLISHED; want a loss, a repairing dump, and %d",
-				m.Value("tcpstate_events_lost_total", "reason=ring_full"), m.Value("tcpstate_polls_total"), churnSum(m, "tcpstate_sockets", "state=ESTABLISHED"), 2*conns)
-		}
+	m, ok := eventuallyWith(t, client, url, 10*time.Second, func(m exportertest.Metrics) bool {
+		return m.Value("tcpstate_events_lost_total", "reason=ring_full") > 0 && m.Value("tcpstate_polls_total") >= 2 &&
+			churnSum(m, "tcpstate_sockets", "state=ESTABLISHED") == 2*conns
+	})
+	if !ok {
+		t.Fatalf("after 10 s: %v events lost, %v polls, %v ESTABLISHED; want a loss, a repairing dump, and %d",
+			m.Value("tcpstate_events_lost_total", "reason=ring_full"), m.Value("tcpstate_polls_total"), churnSum(m, "tcpstate_sockets", "state=ESTABLISHED"), 2*conns)
 	}
 	if n := churnSum(m, "tcpstate_sockets", "state=LISTEN"); n != 1 {
 		t.Errorf("LISTEN = %v after the repair, want 1", n)

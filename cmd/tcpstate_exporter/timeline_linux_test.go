@@ -74,19 +74,15 @@ func (r *preciseRun) scrape(t *testing.T) exportertest.Metrics {
 	return exportertest.ScrapeWith(t, r.client, r.url)
 }
 
-// until scrapes every 50 ms until ok accepts a scrape, and returns it; after
-// d it fails the test, saying what it waited for.
+// until scrapes until ok accepts a scrape, and returns it; after d it
+// fails the test, saying what it waited for.
 func (r *preciseRun) until(t *testing.T, d time.Duration, what string, ok func(exportertest.Metrics) bool) exportertest.Metrics {
 	t.Helper()
-	for deadline := time.Now().Add(d); ; time.Sleep(50 * time.Millisecond) {
-		m := r.scrape(t)
-		if ok(m) {
-			return m
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: still waiting for %s (%v dumps, %v events)", d, what, m.Value("tcpstate_polls_total"), m.Value("tcpstate_events_total"))
-		}
+	m, done := eventuallyWith(t, r.client, r.url, d, ok)
+	if !done {
+		t.Fatalf("after %v: still waiting for %s (%v dumps, %v events)", d, what, m.Value("tcpstate_polls_total"), m.Value("tcpstate_events_total"))
 	}
+	return m
 }
 
 // nextDump waits for the dump after the one m last counted and returns the
