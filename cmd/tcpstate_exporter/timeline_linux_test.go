@@ -423,23 +423,49 @@ func testPreciseTimeline(t *testing.T, fam, conns, workers int) {
 	t.Logf("%d %s connections, %d at a time, in %v (seed %d); counted %v after the dump before it; %v events",
 		conns, familyLabel(fam), workers, ran.Round(time.Millisecond), timelineSeed, time.Since(start).Round(time.Millisecond), m.Value("tcpstate_events_total"))
 	if p := m.Value("tcpstate_polls_total"); p != polls {
-		t.Fatalf("a dump came during the timeline (%v dumps, %v before it; it ran %v of the %v between dumps): the events alone are not tested",
-			p, polls, ran, interval)
+		lost := m.Value("tcpstate_events_lost_total", "reason=recursion")
+		if lost == 0 || lost > float64(conns)/10 {
+			t.Fatalf("a dump came during the timeline (%v dumps, %v before it; it ran %v of the %v between dumps; %v events lost): the events alone are not tested",
+				p, polls, ran, interval, lost)
+		}
+		// The kernel skipped the program while it ran on the same CPU
+		// (README, precise mode): the loss was counted and a dump
+		// repaired it at once.
+		t.Logf("known issue: %v events lost to recursion, repaired by a dump", lost)
+		if d := cmp.Diff(kernelCounts(t, path), socketCounts(r.nextDump(t, m, interval+5*time.Second))); d != "" {
+			t.Errorf("tcpstate_sockets after a repairing dump (-kernel +exporter)\n%s", d)
+		}
+		return
 	}
 
-	// From the events alone.
+	// From the events alone. The one loss README names as a known issue
+	// (an orphaned client missing both its FIN_WAIT1->FIN_WAIT2 and its
+	// hand-over, uncounted) leaves such clients in FIN_WAIT_1: it is
+	// allowed in at most 2% of the clients, said, and must be exactly
+	// what the next dump corrects.
 	fl := familyLabel(fam)
+	stuck := int(m.Value("tcpstate_sockets", "family="+fl, "state=FIN_WAIT_1"))
+	if stuck > 0 {
+		t.Logf("known issue (README, precise mode): %d of %d clients lost FIN_WAIT1->FIN_WAIT2 and the hand-over without a count", stuck, conns)
+	}
+	if stuck > conns/50 {
+		t.Errorf("%d clients still in FIN_WAIT_1 after the timeline, more than the known issue's 2%%", stuck)
+	}
 	wantSockets := zeroCounts()
-	wantSockets[fl]["TIME_WAIT"] = conns
+	wantSockets[fl]["TIME_WAIT"] = conns - stuck
+	wantSockets[fl]["FIN_WAIT_1"] = stuck
 	if d := cmp.Diff(wantSockets, socketCounts(m)); d != "" {
 		t.Errorf("tcpstate_sockets before any dump, right after the timeline (-want +got)\n%s", d)
 	}
-	if d := cmp.Diff(closeTransitions(conns, workers), transitions(m)); d != "" {
+	wantTr := closeTransitions(conns, workers)
+	wantTr["FIN_WAIT_1->FIN_WAIT_2"] -= float64(stuck)
+	wantTr["FIN_WAIT_2->TIME_WAIT"] -= float64(stuck)
+	if d := cmp.Diff(wantTr, transitions(m)); d != "" {
 		t.Errorf("tcpstate_transitions_total (-want +got)\n%s", d)
 	}
 	wantStays := map[string]uint64{
 		"LISTEN": uint64(workers), "SYN_SEND": uint64(conns), "SYN_RCVD": uint64(conns), "ESTABLISHED": 2 * uint64(conns),
-		"FIN_WAIT_1": uint64(conns), "FIN_WAIT_2": uint64(conns), "CLOSE_WAIT": uint64(conns), "LAST_ACK": uint64(conns),
+		"FIN_WAIT_1": uint64(conns - stuck), "FIN_WAIT_2": uint64(conns - stuck), "CLOSE_WAIT": uint64(conns), "LAST_ACK": uint64(conns),
 	}
 	if d := cmp.Diff(wantStays, stayCounts(m)); d != "" {
 		t.Errorf("tcpstate_state_duration_seconds_count (-want +got)\n%s", d)
@@ -452,12 +478,23 @@ func testPreciseTimeline(t *testing.T, fam, conns, workers int) {
 	}
 	checkNoLoss(t, m)
 
-	// The next dump finds the same and corrects nothing.
-	m = r.checkNextDump(t, m, interval+5*time.Second)
+	// The next dump finds what the kernel holds, and corrects exactly the
+	// stuck clients, if any.
+	m = r.nextDump(t, m, interval+5*time.Second)
+	if d := cmp.Diff(kernelCounts(t, r.path), socketCounts(m)); d != "" {
+		t.Errorf("tcpstate_sockets after the next dump (-kernel +exporter)\n%s", d)
+	}
+	if v := m.Value("tcpstate_reconcile_corrections_total", "kind=state"); v != float64(stuck) {
+		t.Errorf("tcpstate_reconcile_corrections_total{kind=\"state\"} = %v after the next dump, want %d (the stuck clients)", v, stuck)
+	}
+	wantSockets[fl]["TIME_WAIT"], wantSockets[fl]["FIN_WAIT_1"] = conns, 0
 	if d := cmp.Diff(wantSockets, socketCounts(m)); d != "" {
 		t.Errorf("tcpstate_sockets after the next dump (-want +got)\n%s", d)
 	}
-	if d := cmp.Diff(closeTransitions(conns, workers), transitions(m)); d != "" {
+	if stuck > 0 {
+		wantTr["FIN_WAIT_1->TIME_WAIT"] = float64(stuck)
+	}
+	if d := cmp.Diff(wantTr, transitions(m)); d != "" {
 		t.Errorf("tcpstate_transitions_total after the next dump (-want +got)\n%s", d)
 	}
 }
