@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -394,5 +395,94 @@ func TestPollerRemnantInFinWait2(t *testing.T) {
 	}
 	if n := len(p.targets[0].remnants); n != 0 {
 		t.Errorf("%d remnants still remembered after the dump", n)
+	}
+}
+
+// TestPollerPeerShowsUnannouncedHandOver: an orphan whose FIN_WAIT1 ->
+// FIN_WAIT2 and hand-over the kernel did not announce is moved to
+// TIME_WAIT by its peer's graceful close, through FIN_WAIT_2, and counted
+// as a correction of kind peer; one whose events came is not moved twice,
+// and one whose peer's close failed is left to a dump.
+func TestPollerPeerShowsUnannouncedHandOver(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	fw2 := netlinkdiag.Socket{Family: syscall.AF_INET, State: netlinkdiag.StateFinWait2, Cookie: 7}
+	d := &fakeDumper{clock: clock, steps: []step{{}, {socks: []netlinkdiag.Socket{fw2}}}}
+	const ino = 4026532000
+	var stays []time.Duration
+	p := NewPoller(d, Config{MaxTracked: 10, Now: clock.Now, NetnsInode: ino, ObserveStay: func(s State, d time.Duration) {
+		if s == FinWait1 {
+			stays = append(stays, d)
+		}
+	}})
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	at := func(d time.Duration) int64 { return clock.now.Add(d).UnixNano() }
+	client := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port) }
+	server := netip.MustParseAddrPort("127.0.0.1:80")
+	ev := func(d time.Duration, cookie uint64, old, new uint8, local, remote netip.AddrPort) KernelTransition {
+		return KernelTransition{At: at(d), Cookie: cookie, Netns: ino, Family: syscall.AF_INET, Old: old, New: new, Src: local, Dst: remote}
+	}
+	var batch []KernelTransition
+	// Clients 1, 3 and 5 close first; their peers 2, 4 and 6 go to
+	// CLOSE_WAIT at 3 ms, then close at 50 ms.
+	for i, cookie := range []uint64{1, 3, 5} {
+		c := client(uint16(40000 + i))
+		batch = append(batch,
+			ev(0, cookie, netlinkdiag.StateClose, netlinkdiag.StateSynSent, c, server),
+			ev(time.Millisecond, cookie, netlinkdiag.StateSynSent, netlinkdiag.StateEstablished, c, server),
+			ev(time.Millisecond, cookie+1, netlinkdiag.StateListen, netlinkdiag.StateSynRecv, server, c),
+			ev(time.Millisecond, cookie+1, netlinkdiag.StateSynRecv, netlinkdiag.StateEstablished, server, c),
+			ev(2*time.Millisecond, cookie, netlinkdiag.StateEstablished, netlinkdiag.StateFinWait1, c, server),
+			ev(3*time.Millisecond, cookie+1, netlinkdiag.StateEstablished, netlinkdiag.StateCloseWait, server, c),
+		)
+	}
+	// Client 7's peer is not observed.
+	remote := netip.MustParseAddrPort("192.0.2.1:443")
+	batch = append(batch,
+		ev(0, 7, netlinkdiag.StateClose, netlinkdiag.StateSynSent, client(40007), remote),
+		ev(time.Millisecond, 7, netlinkdiag.StateSynSent, netlinkdiag.StateEstablished, client(40007), remote),
+		ev(2*time.Millisecond, 7, netlinkdiag.StateEstablished, netlinkdiag.StateFinWait1, client(40007), remote))
+	// Only client 1's ACK and hand-over are announced.
+	orphan := ev(8*time.Millisecond, 1, netlinkdiag.StateFinWait2, netlinkdiag.StateClose, client(40000), server)
+	orphan.Orphan = true
+	batch = append(batch, ev(8*time.Millisecond, 1, netlinkdiag.StateFinWait1, netlinkdiag.StateFinWait2, client(40000), server), orphan)
+	for i, cookie := range []uint64{2, 4, 6} {
+		c := client(uint16(40000 + i))
+		end := ev(51*time.Millisecond, cookie, netlinkdiag.StateLastAck, netlinkdiag.StateClose, server, c)
+		if cookie == 6 {
+			end.Err = 104 // reset: says nothing of the client
+		}
+		batch = append(batch, ev(50*time.Millisecond, cookie, netlinkdiag.StateCloseWait, netlinkdiag.StateLastAck, server, c), end)
+	}
+	p.ApplyEvents(batch)
+	clock.now = clock.now.Add(100 * time.Millisecond)
+	p.Publish()
+	s := p.Snapshot()
+	var want Counts
+	want[IPv4][TimeWait], want[IPv4][FinWait1] = 2, 2
+	if s.Sockets != want {
+		t.Errorf("sockets %v; want 2 TIME_WAIT, 2 FIN_WAIT_1", s.Sockets[IPv4])
+	}
+	if s.Transitions[FinWait1][FinWait2] != 2 || s.Transitions[FinWait2][TimeWait] != 2 || s.Transitions[FinWait1][TimeWait] != 0 {
+		t.Errorf("FIN_WAIT_1 -> FIN_WAIT_2 %d, FIN_WAIT_2 -> TIME_WAIT %d, FIN_WAIT_1 -> TIME_WAIT %d; want 2, 2, 0",
+			s.Transitions[FinWait1][FinWait2], s.Transitions[FinWait2][TimeWait], s.Transitions[FinWait1][TimeWait])
+	}
+	if s.Corrections[CorrectionPeer] != 1 {
+		t.Errorf("corrections %v; want one of kind peer", s.Corrections)
+	}
+	// Client 1's stay as announced, client 3's until its peer got the FIN.
+	if want := []time.Duration{6 * time.Millisecond, time.Millisecond}; !slices.Equal(stays, want) {
+		t.Errorf("FIN_WAIT_1 stays %v, want %v", stays, want)
+	}
+	if n := len(p.targets[0].closing); n != 1 {
+		t.Errorf("%d sockets in FIN_WAIT1 remembered, want 1 (client 7; client 5's peer is gone)", n)
+	}
+	// The dump finds client 7 in FIN_WAIT_2: it is forgotten.
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(p.targets[0].closing); n != 0 {
+		t.Errorf("%d sockets in FIN_WAIT1 still remembered after the dump", n)
 	}
 }

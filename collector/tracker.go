@@ -100,12 +100,18 @@ const (
 	// CorrectionVanished: two dumps missed a socket, not a remnant in
 	// TIME_WAIT or FIN_WAIT2, whose close no event reported.
 	CorrectionVanished
+	// CorrectionPeer: the peer's events showed a change of an observed
+	// socket that the kernel did not announce, an orphan's FIN_WAIT1 ->
+	// FIN_WAIT2 and hand-over (see Poller.followClose). Unlike the
+	// others, it comes with no dump, and is not always zero: it counts a
+	// known gap in the kernel's events, repaired.
+	CorrectionPeer
 
 	// NumCorrections is the number of kinds.
-	NumCorrections = 4
+	NumCorrections = 5
 )
 
-var correctionNames = [NumCorrections]string{"state", "handover", "unannounced", "vanished"}
+var correctionNames = [NumCorrections]string{"state", "handover", "unannounced", "vanished", "peer"}
 
 // String returns the kind's label value.
 func (c Correction) String() string { return label(correctionNames[:], c) }
