@@ -345,6 +345,7 @@ func serve(o *options, logger *slog.Logger) error {
 	// Start-up is over: keep only the capabilities polling and serving
 	// need (see privileges_linux.go). This comes before listening, so a
 	// listen port below 1024 takes systemd socket activation.
+	couldBind := canBindPrivilegedPorts()
 	if err := dropPrivileges(o.netns != "", logger); err != nil {
 		return fmt.Errorf("drop privileges: %w", err)
 	}
@@ -371,7 +372,7 @@ func serve(o *options, logger *slog.Logger) error {
 	case err = <-served:
 		stop()
 		background.Wait()
-		return fmt.Errorf("serve HTTP: %w", err)
+		return fmt.Errorf("serve HTTP: %w", explainListenError(err, couldBind))
 	case <-ctx.Done():
 	}
 	logger.Info("shutting down")
@@ -382,4 +383,22 @@ func serve(o *options, logger *slog.Logger) error {
 	}
 	background.Wait()
 	return nil
+}
+
+// explainListenError says why a listen the kernel refused with EACCES was
+// refused: the port is below 1024 (more exactly, below
+// net.ipv4.ip_unprivileged_port_start), which takes CAP_NET_BIND_SERVICE,
+// and the exporter either never had it (couldBind false) or dropped it
+// before listening. Other errors are returned as they are.
+func explainListenError(err error, couldBind bool) error {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "listen" || !errors.Is(err, syscall.EACCES) {
+		return err
+	}
+	why := "which this process does not have"
+	if couldBind {
+		why = "which the exporter drops with its other capabilities at start-up, before it listens"
+	}
+	return fmt.Errorf("%w: a port below 1024 needs CAP_NET_BIND_SERVICE, %s; "+
+		"use systemd socket activation (--web.systemd-socket) or a port of 1024 or more", err, why)
 }
