@@ -62,6 +62,58 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
+// TestEveryGoBuildIsStatic: every build command the project gives (in
+// the code blocks of its Markdown, in its Dockerfile and scripts) builds
+// with CGO_ENABLED=0. Where a C compiler is installed a plain go build
+// makes a cgo binary, which cannot drop its capabilities.
+func TestEveryGoBuildIsStatic(t *testing.T) {
+	static := regexp.MustCompile(`(^|[\s;&|(])CGO_ENABLED=0 ([A-Z_]+=\S* )*go build\b`)
+	root := repoRoot(t)
+	found := 0
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if d.Name() == ".git" || d.Name() == "testdata" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		name := d.Name()
+		markdown := strings.HasSuffix(name, ".md")
+		if !markdown && !strings.HasPrefix(name, "Dockerfile") && !strings.HasSuffix(name, ".sh") && path != filepath.Join(root, ".ci", "run") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		code := !markdown
+		for i, line := range strings.Split(string(b), "\n") {
+			if markdown && strings.HasPrefix(strings.TrimSpace(line), "```") {
+				code = !code
+				continue
+			}
+			if !code || !strings.Contains(line, "go build") {
+				continue
+			}
+			found++
+			if !static.MatchString(line) {
+				rel, _ := filepath.Rel(root, path)
+				t.Errorf("%s:%d: a go build without CGO_ENABLED=0: %s", rel, i+1, strings.TrimSpace(line))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if found == 0 {
+		t.Error("no go build command found at all")
+	}
+}
+
 // TestWebConfigExample validates deploy/web-config.yml with the
 // exporter-toolkit the exporter uses, its certificate paths pointed at a
 // throw-away certificate. The password hash is a placeholder that must
