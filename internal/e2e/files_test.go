@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -111,6 +112,42 @@ func TestEveryGoBuildIsStatic(t *testing.T) {
 	}
 	if found == 0 {
 		t.Error("no go build command found at all")
+	}
+}
+
+// TestCIRunsTheREADMETestCommand: the README's test command (its second
+// code block) is one line that .ci/run runs as it is, installs without
+// recommends (Debian's prometheus recommends prometheus-node-exporter),
+// and runs the tests of deploy/check, which go test ./... does not enter.
+func TestCIRunsTheREADMETestCommand(t *testing.T) {
+	var blocks [][]string
+	var block []string
+	in := false
+	for _, line := range strings.Split(string(readFile(t, filepath.Join(repoRoot(t), "README.md"))), "\n") {
+		switch {
+		case !in && strings.HasPrefix(line, "```"):
+			in, block = true, nil
+		case in && line == "```":
+			in, blocks = false, append(blocks, block)
+		case in:
+			block = append(block, line)
+		}
+		if len(blocks) == 2 {
+			break
+		}
+	}
+	if len(blocks) < 2 || len(blocks[1]) != 1 {
+		t.Fatalf("README's second code block is not one command: %q", blocks)
+	}
+	command := blocks[1][0]
+	for _, want := range []string{"apt-get install -y --no-install-recommends ", " gcc ", "go test -race ./...", "(cd deploy/check && go test ./...)"} {
+		if !strings.Contains(command, want) {
+			t.Errorf("README's test command lacks %q: %s", want, command)
+		}
+	}
+	ci := strings.Split(string(readFile(t, filepath.Join(repoRoot(t), ".ci", "run"))), "\n")
+	if !slices.Contains(ci, command) {
+		t.Errorf(".ci/run does not run README's test command as it is:\n%s", command)
 	}
 }
 
