@@ -2,10 +2,14 @@ package exporter
 
 import (
 	"fmt"
+	"html"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -202,6 +206,59 @@ func TestHandler(t *testing.T) {
 	}
 	if _, err := Handler(reg, reg, HTTPConfig{TelemetryPath: "metrics", Logger: logger}); err == nil {
 		t.Error("a telemetry path without a leading / was accepted")
+	}
+}
+
+// TestLandingPageLinksAnswer fetches every link of the landing page, for
+// the default telemetry path and another: each must answer 200. A link off
+// the exporter (exporter-toolkit's pprof.me, say) fails too: nothing here
+// can vouch for it.
+func TestLandingPageLinksAnswer(t *testing.T) {
+	attr := regexp.MustCompile(`(?i)\b(?:href|src|action)="([^"]*)"`)
+	for _, path := range []string{"/metrics", "/custom/metrics"} {
+		t.Run(path, func(t *testing.T) {
+			reg := prometheus.NewPedanticRegistry()
+			reg.MustRegister(New(fixed{sample()}, NewHistograms()))
+			h, err := Handler(reg, reg, HTTPConfig{TelemetryPath: path, Timeout: time.Second, Version: "test", Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			base, err := url.Parse(srv.URL + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			links := attr.FindAllStringSubmatch(get(t, base.String()), -1)
+			if len(links) == 0 {
+				t.Fatal("the landing page links nothing")
+			}
+			var linked []string
+			for _, m := range links {
+				ref, err := base.Parse(html.UnescapeString(m[1]))
+				if err != nil {
+					t.Errorf("link %q: %v", m[1], err)
+					continue
+				}
+				if ref.Host != base.Host {
+					t.Errorf("link %q leaves the exporter", m[1])
+					continue
+				}
+				linked = append(linked, ref.Path)
+				resp, err := http.Get(ref.String())
+				if err != nil {
+					t.Errorf("GET %s: %v", ref, err)
+					continue
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					t.Errorf("link %q: GET %s: %s", m[1], ref, resp.Status)
+				}
+			}
+			if !slices.Contains(linked, path) {
+				t.Errorf("the landing page links %q, not %s", linked, path)
+			}
+		})
 	}
 }
 

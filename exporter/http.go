@@ -42,6 +42,9 @@ func Handler(g prometheus.Gatherer, reg prometheus.Registerer, cfg HTTPConfig) (
 			Description: "Linux TCP sockets by documented state, time in state and transitions, from sock_diag",
 			Version:     cfg.Version,
 			Links:       []web.LandingLinks{{Address: cfg.TelemetryPath, Text: "Metrics"}},
+			// exporter-toolkit links /debug/pprof/ unless told not to; the
+			// exporter serves no pprof (not on the metrics port).
+			Profiling: "false",
 		})
 		if err != nil {
 			return nil, fmt.Errorf("landing page: %w", err)

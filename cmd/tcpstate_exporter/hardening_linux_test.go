@@ -395,6 +395,10 @@ func TestBadFlagValues(t *testing.T) {
 		{[]string{"--attribution.states=ESTABLISHED,NO_SUCH_STATE"}, []string{"--attribution.states", "NO_SUCH_STATE"}},
 		{[]string{"--attribution.interval=-1s"}, []string{"--attribution.interval"}},
 		{[]string{"--web.max-requests=-1"}, []string{"--web.max-requests", "-1"}},
+		{[]string{"--web.listen-address=bogus"}, []string{"--web.listen-address", "bogus", "host:port"}},
+		{[]string{"--web.listen-address=:99999"}, []string{"--web.listen-address", "99999"}},
+		{[]string{"--web.listen-address=127.0.0.1:0", "--web.listen-address=:no-such-service"}, []string{"--web.listen-address", "no-such-service"}},
+		{[]string{"--web.listen-address=vsock://:port"}, []string{"--web.listen-address", "vsock"}},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			code, stderr := exportertest.Run(t, c.args...)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -79,8 +80,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	app.Version(version.Print(name))
 	o := &options{web: kingpinflag.AddFlags(app, defaultListen)}
 	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&o.telemetryPath)
-	app.Flag("web.max-requests", "Maximum number of concurrent scrapes; more are answered 503. 0 means no limit.").Default("10").IntVar(&o.maxRequests)
-	interval := app.Flag("poll.interval", "How often to dump the socket table, such as 1s or 500ms. Time-in-state precision is this interval.").Default("1s").String()
+	app.Flag("web.max-requests", "Maximum number of concurrent scrapes; more are answered 503. 0 means no limit.").Default("40").IntVar(&o.maxRequests)
+	interval := app.Flag("poll.interval", "How often to dump the socket table: at least 10ms, such as 1s or 500ms. Time-in-state precision is this interval.").Default("1s").String()
 	app.Flag("netns", "Observe this network namespace instead of our own: a name under /run/netns or a path such as /proc/PID/ns/net; or \"all\" for every network namespace on the host, labelled netns. Needs CAP_SYS_ADMIN (and CAP_SYS_PTRACE for all).").Default("").StringVar(&o.netns)
 	app.Flag("max-tracked-sockets", "Track time in state for at most this many sockets; sockets past it are still counted, and tcpstate_untracked_sockets says how many.").Default("1048576").IntVar(&o.maxTracked)
 	app.Flag("port.top", "Listening ports named in tcpstate_port_sockets; the rest are summed as port=\"other\".").Default("20").IntVar(&o.portTop)
@@ -95,6 +96,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	flag.AddFlags(app, &o.log)
 	if _, err := app.Parse(args); err != nil {
 		return nil, err
+	}
+	for _, a := range *o.web.WebListenAddresses {
+		if err := checkListenAddress(a); err != nil {
+			return nil, fmt.Errorf("--web.listen-address=%s: %w", a, err)
+		}
 	}
 	var err error
 	if o.interval, err = time.ParseDuration(*interval); err != nil {
@@ -140,6 +146,27 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
+// checkListenAddress checks that a is an address exporter-toolkit can
+// listen on: host:port, or vsock://CID:port. The host is not resolved here.
+func checkListenAddress(a string) error {
+	const want = "want host:port, such as :9965, 127.0.0.1:9965 or [::1]:9965"
+	vsock := strings.HasPrefix(a, "vsock://")
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(a, "vsock://"))
+	if err != nil {
+		return fmt.Errorf("%s: %w", want, err)
+	}
+	if vsock {
+		if _, err := strconv.ParseUint(port, 10, 32); err != nil {
+			return fmt.Errorf("want vsock://CID:port, such as vsock://:9965: port %q is not a number", port)
+		}
+		return nil
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("%s: port %q is neither a number up to 65535 nor a service name", want, port)
+	}
+	return nil
+}
+
 func run(args []string, stderr io.Writer) int {
 	o, err := parseFlags(args, stderr)
 	if err != nil {
@@ -148,8 +175,8 @@ func run(args []string, stderr io.Writer) int {
 	}
 	logger := promslog.New(&o.log)
 	if err := serve(o, logger); err != nil {
-		logger.Error("exiting", "err", err)
-		// One line, whatever the error holds (YAML errors span several).
+		// One line, whatever the error holds (YAML errors span several),
+		// and only this one: the reason is not logged as well.
 		fmt.Fprintf(stderr, "%s: %s\n", name, strings.Join(strings.Fields(err.Error()), " "))
 		return 1
 	}
@@ -318,6 +345,7 @@ func serve(o *options, logger *slog.Logger) error {
 	// Start-up is over: keep only the capabilities polling and serving
 	// need (see privileges_linux.go). This comes before listening, so a
 	// listen port below 1024 takes systemd socket activation.
+	couldBind := canBindPrivilegedPorts()
 	if err := dropPrivileges(o.netns != "", logger); err != nil {
 		return fmt.Errorf("drop privileges: %w", err)
 	}
@@ -344,7 +372,7 @@ func serve(o *options, logger *slog.Logger) error {
 	case err = <-served:
 		stop()
 		background.Wait()
-		return fmt.Errorf("serve HTTP: %w", err)
+		return fmt.Errorf("serve HTTP: %w", explainListenError(err, couldBind))
 	case <-ctx.Done():
 	}
 	logger.Info("shutting down")
@@ -355,4 +383,22 @@ func serve(o *options, logger *slog.Logger) error {
 	}
 	background.Wait()
 	return nil
+}
+
+// explainListenError says why a listen the kernel refused with EACCES was
+// refused: the port is below 1024 (more exactly, below
+// net.ipv4.ip_unprivileged_port_start), which takes CAP_NET_BIND_SERVICE,
+// and the exporter either never had it (couldBind false) or dropped it
+// before listening. Other errors are returned as they are.
+func explainListenError(err error, couldBind bool) error {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "listen" || !errors.Is(err, syscall.EACCES) {
+		return err
+	}
+	why := "which this process does not have"
+	if couldBind {
+		why = "which the exporter drops with its other capabilities at start-up, before it listens"
+	}
+	return fmt.Errorf("%w: a port below 1024 needs CAP_NET_BIND_SERVICE, %s; "+
+		"use systemd socket activation (--web.systemd-socket) or a port of 1024 or more", err, why)
 }

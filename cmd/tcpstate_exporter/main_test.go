@@ -190,6 +190,7 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"--netns=/nonexistent/netns"}, 1, "/nonexistent/netns"},
 		{[]string{"--netns=tcpstate-no-such-namespace"}, 1, "tcpstate-no-such-namespace"},
 		{[]string{"--web.listen-address=127.0.0.1:0", "--web.config.file=/nonexistent/web.yml"}, 1, "/nonexistent/web.yml"},
+		{[]string{"--web.listen-address=bogus"}, 2, "--web.listen-address=bogus"},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			code, stderr := exportertest.Run(t, c.args...)
@@ -200,6 +201,9 @@ func TestBadInvocations(t *testing.T) {
 			if !strings.Contains(last, c.want) || !strings.HasPrefix(last, "tcpstate_exporter: ") {
 				t.Errorf("last line of stderr %q does not give the reason (%q)", last, c.want)
 			}
+			if before := strings.TrimSuffix(strings.TrimRight(stderr, "\n"), last); strings.Contains(before, c.want) {
+				t.Errorf("the reason (%q) is written more than once:\n%s", c.want, stderr)
+			}
 		})
 	}
 }
@@ -207,6 +211,21 @@ func TestBadInvocations(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestHelp: --help gives the flags' limits and defaults where a newcomer
+// looks for them.
+func TestHelp(t *testing.T) {
+	code, out := exportertest.Run(t, "--help")
+	if code != 0 {
+		t.Fatalf("--help: exit %d\n%s", code, out)
+	}
+	help := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{"at least 10ms", "--web.max-requests=40", "0 means no limit", "web.systemd-socket"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("--help does not say %q:\n%s", want, out)
+		}
+	}
 }
 
 func TestVersion(t *testing.T) {

@@ -108,6 +108,13 @@ func dropPrivileges(keepNetNSEntry bool, logger *slog.Logger) error {
 	return nil
 }
 
+// canBindPrivilegedPorts says whether the process may now bind ports below
+// 1024: whether CAP_NET_BIND_SERVICE is in its effective set.
+func canBindPrivilegedPorts() bool {
+	c, err := readCaps()
+	return err == nil && c.effective&(1<<unix.CAP_NET_BIND_SERVICE) != 0
+}
+
 // caps is a thread's capability sets, bit n for capability n.
 type caps struct {
 	effective, permitted, inheritable, ambient uint64

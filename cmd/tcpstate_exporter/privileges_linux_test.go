@@ -268,6 +268,39 @@ func TestIntegrationPrivilegesDroppedAfterStartup(t *testing.T) {
 	}
 }
 
+// TestIntegrationPrivilegedPortSaysWhy: a listen port below 1024 is refused
+// by the kernel once the exporter has dropped CAP_NET_BIND_SERVICE (as
+// root, built as releases are), or when it never had it (as nobody); the
+// one-line reason says so and what to do instead. The kernel checks the
+// port's privilege before whether it is in use, so any low port will do.
+func TestIntegrationPrivilegedPortSaysWhy(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, c := range []struct {
+		name string
+		opts exportertest.Options
+		want string
+	}{
+		{"root, capabilities dropped", exportertest.Options{
+			Command: []string{helperBinary(t), "-test.run=^TestHelperProcess$", "--"},
+			Env:     []string{helperEnv + "=serve"},
+		}, "drops"},
+		{"nobody", exportertest.Options{Wrapper: nobody()}, "does not have"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, stderr := exportertest.RunWith(t, c.opts, "--mode=poll", "--web.listen-address=127.0.0.1:99")
+			last := lastLine(stderr)
+			if code != 1 || !strings.HasPrefix(last, "tcpstate_exporter: ") {
+				t.Errorf("exit %d, last line %q: want 1 and the one-line reason\n%s", code, last, stderr)
+			}
+			for _, want := range []string{"bind: permission denied", "CAP_NET_BIND_SERVICE", c.want, "--web.systemd-socket", "1024 or more"} {
+				if !strings.Contains(last, want) {
+					t.Errorf("reason %q does not say %q", last, want)
+				}
+			}
+		})
+	}
+}
+
 // TestIntegrationCgoBuildWarnsCapabilitiesKept: a binary built with cgo
 // (the race detector's, here) cannot drop capabilities on all threads; it
 // must say so rather than drop them on some.

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -59,6 +60,94 @@ func TestDockerfile(t *testing.T) {
 	}
 	if b := string(readFile(t, deployPath(t, "Dockerfile"))); !strings.Contains(b, "./cmd/tcpstate_exporter") || !strings.Contains(b, "CGO_ENABLED=0") {
 		t.Error("the build stage does not build ./cmd/tcpstate_exporter statically (CGO_ENABLED=0)")
+	}
+}
+
+// TestEveryGoBuildIsStatic: every build command the project gives (in
+// the code blocks of its Markdown, in its Dockerfile and scripts) builds
+// with CGO_ENABLED=0. Where a C compiler is installed a plain go build
+// makes a cgo binary, which cannot drop its capabilities.
+func TestEveryGoBuildIsStatic(t *testing.T) {
+	static := regexp.MustCompile(`(^|[\s;&|(])CGO_ENABLED=0 ([A-Z_]+=\S* )*go build\b`)
+	root := repoRoot(t)
+	found := 0
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if d.Name() == ".git" || d.Name() == "testdata" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		name := d.Name()
+		markdown := strings.HasSuffix(name, ".md")
+		if !markdown && !strings.HasPrefix(name, "Dockerfile") && !strings.HasSuffix(name, ".sh") && path != filepath.Join(root, ".ci", "run") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		code := !markdown
+		for i, line := range strings.Split(string(b), "\n") {
+			if markdown && strings.HasPrefix(strings.TrimSpace(line), "```") {
+				code = !code
+				continue
+			}
+			if !code || !strings.Contains(line, "go build") {
+				continue
+			}
+			found++
+			if !static.MatchString(line) {
+				rel, _ := filepath.Rel(root, path)
+				t.Errorf("%s:%d: a go build without CGO_ENABLED=0: %s", rel, i+1, strings.TrimSpace(line))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if found == 0 {
+		t.Error("no go build command found at all")
+	}
+}
+
+// TestCIRunsTheREADMETestCommand: the README's test command (its second
+// code block) is one line that .ci/run runs as it is, installs without
+// recommends (Debian's prometheus recommends prometheus-node-exporter),
+// and runs the tests of deploy/check, which go test ./... does not enter.
+func TestCIRunsTheREADMETestCommand(t *testing.T) {
+	var blocks [][]string
+	var block []string
+	in := false
+	for _, line := range strings.Split(string(readFile(t, filepath.Join(repoRoot(t), "README.md"))), "\n") {
+		switch {
+		case !in && strings.HasPrefix(line, "```"):
+			in, block = true, nil
+		case in && line == "```":
+			in, blocks = false, append(blocks, block)
+		case in:
+			block = append(block, line)
+		}
+		if len(blocks) == 2 {
+			break
+		}
+	}
+	if len(blocks) < 2 || len(blocks[1]) != 1 {
+		t.Fatalf("README's second code block is not one command: %q", blocks)
+	}
+	command := blocks[1][0]
+	for _, want := range []string{"apt-get install -y --no-install-recommends ", " gcc ", "go test -race ./...", "(cd deploy/check && go test ./...)"} {
+		if !strings.Contains(command, want) {
+			t.Errorf("README's test command lacks %q: %s", want, command)
+		}
+	}
+	ci := strings.Split(string(readFile(t, filepath.Join(repoRoot(t), ".ci", "run"))), "\n")
+	if !slices.Contains(ci, command) {
+		t.Errorf(".ci/run does not run README's test command as it is:\n%s", command)
 	}
 }
 

@@ -195,8 +195,9 @@ func TestPromtoolRules(t *testing.T) {
 		t.Fatalf("rules.yml not among the rule files found: %v", ruleFiles)
 	}
 	t.Run("check", func(t *testing.T) {
-		if out, err := run(dir, promtool, append([]string{"check", "rules"}, ruleFiles...)...); err != nil {
-			t.Fatalf("promtool check rules: %v\n%s", err, out)
+		// Every lint promtool has, and a lint finding fails (exit 3).
+		if out, err := run(dir, promtool, append([]string{"check", "rules", "--lint=all", "--lint-fatal"}, ruleFiles...)...); err != nil {
+			t.Fatalf("promtool check rules --lint=all --lint-fatal: %v\n%s", err, out)
 		}
 	})
 	t.Run("test", func(t *testing.T) {
