@@ -29,6 +29,9 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// maxNamespaces bounds --namespaces.
+const maxNamespaces = 1000
+
 // maxSockets bounds --sockets: a million sockets need over a hundred holder
 // processes and several GB of kernel memory.
 const maxSockets = 1_000_000
@@ -47,7 +50,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		fmt.Fprintf(stderr, "Usage: %s [flags]\n\nMeasures ss, /proc/net/tcp, tcpstate_exporter and node_exporter on one TCP socket population in a network namespace it creates. Needs root.\n\n", name)
 		fs.PrintDefaults()
 	}
-	sockets := fs.String("sockets", "10000", "socket population sizes, comma-separated, each measured in a namespace of its own (at most 1000000)")
+	sockets := fs.String("sockets", "10000", "socket population sizes, comma-separated, each measured in a namespace of its own (at most 1000000); 0 for none, to measure only --namespaces")
 	o := &options{}
 	fs.IntVar(&o.cfg.runs, "runs", 7, "measurements per tool and size; the table shows medians")
 	fs.Float64Var(&o.cfg.v6, "ipv6-share", 0.25, "share of the population that is IPv6")
@@ -65,6 +68,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.cfg.churnWarmup, "churn-warmup", timeWaitLifetime, "how long --churn runs before the modes are measured, for its TIME_WAIT remnants to level off")
 	fs.IntVar(&o.cfg.throughput, "throughput", 100_000, fmt.Sprintf("state changes a second to drive at precise mode, %d per connection, after the modes are measured; 0 skips the check", transitionsPerConn))
 	fs.DurationVar(&o.cfg.throughputWindow, "throughput-window", 5*time.Second, "how long the throughput check drives its changes (1s to 30s)")
+	fs.IntVar(&o.cfg.namespaces, "namespaces", 0, fmt.Sprintf("after the sizes, create this many empty network namespaces and measure tcpstate_exporter with --netns=all in both modes, --mode-runs times for --mode-window each (at most %d); 0 skips it", maxNamespaces))
 	fs.DurationVar(&o.timeout, "timeout", 15*time.Minute, "give up, and clean up, after this long")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -74,6 +78,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	for _, s := range strings.Split(*sockets, ",") {
+		if strings.TrimSpace(*sockets) == "0" {
+			break
+		}
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 100 || n > maxSockets {
 			return nil, fmt.Errorf("--sockets: %q is not a count between 100 and %d", s, maxSockets)
@@ -107,6 +114,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("--throughput=%d: must be 0 or at least %d, a connection a second for each of %d threads", o.cfg.throughput, transitionsPerConn*throughputWorkers, throughputWorkers)
 	case o.cfg.throughputWindow < time.Second || o.cfg.throughputWindow > 30*time.Second:
 		return nil, fmt.Errorf("--throughput-window=%v: must be between 1s and 30s", o.cfg.throughputWindow)
+	case o.cfg.namespaces < 0 || o.cfg.namespaces > maxNamespaces:
+		return nil, fmt.Errorf("--namespaces=%d: must be between 0 and %d", o.cfg.namespaces, maxNamespaces)
+	case o.cfg.namespaces > 0 && o.cfg.modeWindow == 0:
+		return nil, fmt.Errorf("--namespaces=%d needs a --mode-window", o.cfg.namespaces)
+	case len(o.sizes) == 0 && o.cfg.namespaces == 0:
+		return nil, errors.New("--sockets=0: nothing to measure without --namespaces")
 	case o.timeout <= 0:
 		return nil, fmt.Errorf("--timeout=%v: must be positive", o.timeout)
 	}
@@ -163,7 +176,17 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		}
 		results = append(results, res)
 	}
-	fmt.Fprint(stdout, table(results, o.cfg, environment(o.cfg)))
+	if len(results) > 0 {
+		fmt.Fprint(stdout, table(results, o.cfg, environment(o.cfg)))
+	}
+	if o.cfg.namespaces > 0 {
+		res, err := measureNamespaces(ctx, o.cfg)
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: %d namespaces: %v\n", name, o.cfg.namespaces, err)
+			return 1
+		}
+		fmt.Fprint(stdout, namespacesTable(res, o.cfg))
+	}
 	return 0
 }
 

@@ -37,6 +37,7 @@ func TestParseFlags(t *testing.T) {
 	for _, good := range [][]string{
 		{"--mode-window=0", "--throughput=0", "--churn=0"},
 		{"--churn=20000", "--throughput=200000", "--throughput-window=30s"},
+		{"--sockets=0", "--namespaces=200"},
 	} {
 		if _, err := parseFlags(good, &bytes.Buffer{}); err != nil {
 			t.Errorf("parseFlags(%q): %v", good, err)
@@ -62,6 +63,10 @@ func TestParseFlags(t *testing.T) {
 		{"--throughput=200001"},
 		{"--throughput-window=500ms"},
 		{"--throughput-window=31s"},
+		{"--namespaces=-1"},
+		{"--namespaces=1001"},
+		{"--namespaces=5", "--mode-window=0"},
+		{"--sockets=0"},
 		{"extra"},
 	} {
 		if _, err := parseFlags(bad, &bytes.Buffer{}); err == nil {
@@ -146,7 +151,8 @@ func TestIntegrationBenchSmoke(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, bench, "--sockets=2000", "--runs=2", "--exporter="+exporter,
 		"--cpu-window=2s", "--overrun-window=1s", "--timeout=80s",
-		"--mode-window=2s", "--mode-runs=1", "--churn=200", "--churn-warmup=1s", "--throughput=20000", "--throughput-window=2s")
+		"--mode-window=2s", "--mode-runs=1", "--churn=200", "--churn-warmup=1s", "--throughput=20000", "--throughput-window=2s",
+		"--namespaces=5")
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("%v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
@@ -166,6 +172,7 @@ func TestIntegrationBenchSmoke(t *testing.T) {
 		"| precise mode: events applied a second; lost (all causes) | ",
 		"| precise mode: RSS, anonymous (with no sockets); tracked sockets | ",
 		"| **throughput check**, precise mode: 20,000 changes a second asked for 2s | **",
+		"| 5 empty network namespaces, `--netns=all` | poll, every 1s | precise | precise/poll |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
@@ -179,6 +186,7 @@ func TestIntegrationBenchSmoke(t *testing.T) {
 		regexp.MustCompile(`events applied a second; lost \(all causes\) \| [1-9][0-9,]*; 0 lost \|`),
 		regexp.MustCompile(`BPF program's \| \*\*[0-9.]+%\*\* \([0-9.]+% \+ [0-9.]*[1-9][0-9.]*%`),
 		regexp.MustCompile(`throughput check.*\| \*\*[1-9][0-9,]* a second applied\*\*, 0 lost`),
+		regexp.MustCompile(`\| polls in 2s \(median; precise: seconds with a reconciling dump\) \| [1-9][0-9]* \| [0-9]+ \| \|`),
 	} {
 		if !want.MatchString(out) {
 			t.Errorf("table does not match %s:\n%s", want, out)

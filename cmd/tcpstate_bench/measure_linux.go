@@ -41,6 +41,10 @@ type config struct {
 	churnWarmup      time.Duration
 	throughput       int // transitions a second to drive at precise mode; 0 for none
 	throughputWindow time.Duration
+
+	namespaces int // empty namespaces to measure --netns=all over; 0 for none
+	// preciseSettle is how long precise mode runs before it is measured.
+	preciseSettle time.Duration
 }
 
 // result is everything measured at one size.

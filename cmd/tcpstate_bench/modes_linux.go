@@ -108,6 +108,14 @@ func measureMode(ctx context.Context, ns *namespace, cfg config, precise bool) (
 		return modeRun{}, err
 	}
 	defer s.stop()
+	if precise && cfg.preciseSettle > 0 {
+		if err := sleep(ctx, cfg.preciseSettle); err != nil {
+			return modeRun{}, err
+		}
+		if m0, err = scrapeMetrics(ctx, s); err != nil {
+			return modeRun{}, err
+		}
+	}
 	var ids []ebpf.ProgramID
 	if precise {
 		if ids, err = programIDs(s.pid()); err != nil {
