@@ -3,6 +3,7 @@ package procscan
 import (
 	"fmt"
 	"slices"
+	"strconv"
 )
 
 // Owner is a process holding a socket.
@@ -12,6 +13,9 @@ type Owner struct {
 	// /proc/PID/comm (at most 15 bytes, usually the executable's base
 	// name), with bytes that are not UTF-8 replaced by U+FFFD.
 	Comm string
+	// FD is the descriptor the socket was found at, so that Recheck can
+	// look at that one link again instead of walking every process.
+	FD int
 }
 
 // ScanStats counts what one Owners walk looked at.
@@ -134,6 +138,10 @@ func (w *ownerWalk) process(pid int, st *ScanStats) {
 		if !ok {
 			return true
 		}
+		fd, ok := parseUint64(name[:len(name)-1])
+		if !ok || fd > 1<<31-1 {
+			return true
+		}
 		if _, ok := w.want[ino]; !ok {
 			return true
 		}
@@ -148,7 +156,7 @@ func (w *ownerWalk) process(pid int, st *ScanStats) {
 			}
 			comm, haveComm = commString(trimComm(w.comm[:cn])), true
 		}
-		w.into[ino] = Owner{PID: pid, Comm: comm}
+		w.into[ino] = Owner{PID: pid, Comm: comm, FD: int(fd)}
 		return len(w.into) < len(w.want)
 	})
 }
@@ -163,4 +171,64 @@ func listPIDs(root int, buf []byte, pids []int) ([]int, error) {
 		return true
 	})
 	return pids, err
+}
+
+// Recheck looks again at each owner in owners, as an earlier Owners walk
+// found it, and deletes those that no longer hold their socket: the
+// process exited, or changed its command name (exec, prctl), or the
+// descriptor it was found at no longer links to the socket. It reads one
+// link per socket and one comm per process, not every process's fds, so a
+// caller can keep owners between walks and walk only for sockets it has
+// not resolved yet.
+//
+// What it cannot see is a lower PID coming to hold a socket (fd passing):
+// the owner stays the process found first for as long as it holds the
+// socket. Recheck returns how many owners it deleted, and an error only
+// when procRoot itself cannot be read.
+func Recheck(procRoot string, owners map[uint32]Owner) (int, error) {
+	if len(owners) == 0 {
+		return 0, nil
+	}
+	root, err := openRoot(procRoot)
+	if err != nil {
+		return 0, fmt.Errorf("procscan: open %s: %w", procRoot, err)
+	}
+	defer closeFD(root)
+	var (
+		path  = make([]byte, 0, 48)
+		link  [linkBufSize]byte
+		cbuf  [commBufSize]byte
+		comms = map[int]liveComm{}
+	)
+	dropped := 0
+	for ino, o := range owners {
+		c, ok := comms[o.PID]
+		if !ok {
+			path = appendPIDPath(path[:0], o.PID, "/comm")
+			if n, err := readAt(root, path, cbuf[:]); err == nil {
+				c = liveComm{commString(trimComm(cbuf[:n])), true}
+			}
+			comms[o.PID] = c
+		}
+		held := c.live && c.comm == o.Comm
+		if held {
+			path = appendPIDPath(path[:0], o.PID, "/fd/")
+			path = strconv.AppendInt(path[:len(path)-1], int64(o.FD), 10)
+			path = append(path, 0)
+			n, err := readlinkAt(root, path, link[:])
+			got, ok := parseSocketLink(link[:n])
+			held = err == nil && ok && got == ino
+		}
+		if !held {
+			delete(owners, ino)
+			dropped++
+		}
+	}
+	return dropped, nil
+}
+
+// liveComm is a process's command name, live false when it is gone.
+type liveComm struct {
+	comm string
+	live bool
 }
