@@ -198,7 +198,11 @@ func openEvents(o *options, logger *slog.Logger) (*bpfsource.Source, string, err
 	if o.mode == "poll" {
 		return nil, "poll", nil
 	}
-	src, err := bpfsource.Open(bpfsource.Options{RingBytes: o.ringBytes})
+	// Every publish (a second) syncs with the source, which makes it read
+	// the ring; between publishes it wakes only when a quarter of the ring
+	// (at most 256 KiB) fills. Its own read interval is a backstop: each
+	// wakeup costs more than reading the events it brings.
+	src, err := bpfsource.Open(bpfsource.Options{RingBytes: o.ringBytes, ReadInterval: readInterval})
 	switch {
 	case err == nil:
 		return src, "precise", nil
@@ -208,6 +212,10 @@ func openEvents(o *options, logger *slog.Logger) (*bpfsource.Source, string, err
 	logger.Info("precise mode unavailable; polling", "reason", err)
 	return nil, "poll", nil
 }
+
+// readInterval is how often the event source reads the ring when neither
+// a publish nor a filling ring wakes it.
+const readInterval = 5 * time.Second
 
 // namespaceInode is the inode of the network namespace --netns names (our
 // own for ""), which kernel events carry.
