@@ -1,6 +1,7 @@
 package procscan
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strconv"
@@ -194,41 +195,56 @@ func Recheck(procRoot string, owners map[uint32]Owner) (int, error) {
 		return 0, fmt.Errorf("procscan: open %s: %w", procRoot, err)
 	}
 	defer closeFD(root)
+	held := make([]heldSocket, 0, len(owners))
+	for ino, o := range owners {
+		held = append(held, heldSocket{ino, o})
+	}
+	// By process: one comm and one fd directory each.
+	slices.SortFunc(held, func(a, b heldSocket) int { return cmp.Compare(a.owner.PID, b.owner.PID) })
 	var (
-		path  = make([]byte, 0, 48)
+		path  = make([]byte, 0, 32)
+		name  = make([]byte, 0, 16)
 		link  [linkBufSize]byte
 		cbuf  [commBufSize]byte
-		comms = map[int]liveComm{}
+		dir   = -1
+		alive bool
 	)
 	dropped := 0
-	for ino, o := range owners {
-		c, ok := comms[o.PID]
-		if !ok {
-			path = appendPIDPath(path[:0], o.PID, "/comm")
-			if n, err := readAt(root, path, cbuf[:]); err == nil {
-				c = liveComm{commString(trimComm(cbuf[:n])), true}
+	for i, h := range held {
+		if i == 0 || h.owner.PID != held[i-1].owner.PID {
+			if dir >= 0 {
+				closeFD(dir)
+				dir = -1
 			}
-			comms[o.PID] = c
+			path = appendPIDPath(path[:0], h.owner.PID, "/comm")
+			n, err := readAt(root, path, cbuf[:])
+			alive = err == nil && commString(trimComm(cbuf[:n])) == h.owner.Comm
+			if alive {
+				path = appendPIDPath(path[:0], h.owner.PID, "/fd")
+				dir, err = openDir(root, path)
+				alive = err == nil
+			}
 		}
-		held := c.live && c.comm == o.Comm
-		if held {
-			path = appendPIDPath(path[:0], o.PID, "/fd/")
-			path = strconv.AppendInt(path[:len(path)-1], int64(o.FD), 10)
-			path = append(path, 0)
-			n, err := readlinkAt(root, path, link[:])
-			got, ok := parseSocketLink(link[:n])
-			held = err == nil && ok && got == ino
+		ok := alive
+		if ok {
+			name = append(strconv.AppendInt(name[:0], int64(h.owner.FD), 10), 0)
+			n, err := readlinkAt(dir, name, link[:])
+			ino, isSocket := parseSocketLink(link[:n])
+			ok = err == nil && isSocket && ino == h.ino
 		}
-		if !held {
-			delete(owners, ino)
+		if !ok {
+			delete(owners, h.ino)
 			dropped++
 		}
+	}
+	if dir >= 0 {
+		closeFD(dir)
 	}
 	return dropped, nil
 }
 
-// liveComm is a process's command name, live false when it is gone.
-type liveComm struct {
-	comm string
-	live bool
+// heldSocket is a socket and the owner an earlier walk found for it.
+type heldSocket struct {
+	ino   uint32
+	owner Owner
 }
