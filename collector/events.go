@@ -1,10 +1,8 @@
 package collector
 
 import (
-	"cmp"
 	"math"
 	"net/netip"
-	"slices"
 	"syscall"
 
 	"github.com/tcpstate/tcpstate_exporter/netlinkdiag"
@@ -170,7 +168,7 @@ func (t *Tracker) reindex(n int64) {
 		}
 		return true
 	})
-	t.ends.init() // a sorted slice is a heap
+	t.ends.init()
 	t.indexed = true
 }
 
@@ -268,25 +266,32 @@ func (h *endHeap) pop() {
 	a := *h
 	last := len(a) - 1
 	a[0] = a[last]
-	a = a[:last]
-	*h = a
-	for i := 0; ; {
+	*h = a[:last]
+	h.down(0)
+}
+
+// down moves the item at i down to where it belongs.
+func (h endHeap) down(i int) {
+	for {
 		l, m := 2*i+1, i
-		if l < len(a) && a[l].end < a[m].end {
+		if l < len(h) && h[l].end < h[m].end {
 			m = l
 		}
-		if r := l + 1; r < len(a) && a[r].end < a[m].end {
+		if r := l + 1; r < len(h) && h[r].end < h[m].end {
 			m = r
 		}
 		if m == i {
 			return
 		}
-		a[i], a[m] = a[m], a[i]
+		h[i], h[m] = h[m], h[i]
 		i = m
 	}
 }
 
-// init orders the heap after its items were appended in any order.
+// init orders the heap after its items were appended in any order, in
+// linear time.
 func (h endHeap) init() {
-	slices.SortFunc(h, func(a, b timerEnd) int { return cmp.Compare(a.end, b.end) })
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		h.down(i)
+	}
 }
