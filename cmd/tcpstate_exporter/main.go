@@ -200,9 +200,10 @@ func openEvents(o *options, logger *slog.Logger) (*bpfsource.Source, string, err
 	}
 	// Every publish (a second) syncs with the source, which makes it read
 	// the ring; between publishes it wakes only when a quarter of the ring
-	// (at most 256 KiB) fills. Its own read interval is a backstop: each
+	// fills (1 MiB, 14,500 events, by default), leaving three quarters for
+	// what comes while it wakes. Its own read interval is a backstop: each
 	// wakeup costs more than reading the events it brings.
-	src, err := bpfsource.Open(bpfsource.Options{RingBytes: o.ringBytes, ReadInterval: readInterval})
+	src, err := bpfsource.Open(bpfsource.Options{RingBytes: o.ringBytes, WakeupBytes: o.ringBytes / 4, ReadInterval: readInterval})
 	switch {
 	case err == nil:
 		return src, "precise", nil
