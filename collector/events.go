@@ -168,6 +168,10 @@ func (t *Tracker) reindex(n int64) {
 		}
 		return true
 	})
+	if cap(t.ends) > 4*len(t.ends)+1024 {
+		// Return most of what a peak of remnants took, as the table does.
+		t.ends = append(endHeap(nil), t.ends...)
+	}
 	t.ends.init()
 	t.indexed = true
 }
