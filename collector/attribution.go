@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -34,10 +35,11 @@ type ProcessCount struct {
 // published.
 type Attribution struct {
 	Time   time.Time      // when the pass ran; zero before the first
-	Took   time.Duration  // how long the /proc walk took
+	Took   time.Duration  // how long the pass took, its /proc walk included
+	Walked bool           // the pass walked /proc: it had sockets to resolve that no earlier pass had
 	Rows   []ProcessCount // the top names by socket count, then the summed rows
 	Folded int            // names summed into the ProcessOther row; 0 means not truncated
-	Denied int            // processes whose fds could not be read
+	Denied int            // processes whose fds could not be read, as of the latest walk
 }
 
 // AttributionConfig configures an Attributor.
@@ -51,18 +53,42 @@ type AttributionConfig struct {
 
 // Attributor resolves, on its own cadence, the sockets the Poller saw in
 // the attribution states to the processes holding them, by walking
-// /proc/PID/fd. It never runs on the scrape path and skips the walk when
-// there is nothing to resolve.
+// /proc/PID/fd. It never runs on the scrape path.
+//
+// Walking every process's fds is the expensive part (about a second of CPU
+// at 200,000 fds), and a pass seldom has new sockets to resolve: a socket
+// stuck in CLOSE_WAIT stays there, with the same owner, for pass after
+// pass. So the Attributor keeps what it resolved between passes, while
+// the socket stays in the attribution states. Each pass rechecks every
+// kept owner cheaply (procscan.Recheck: one fd link per socket, one comm
+// per process), which notices a process that exited, exec'd or closed
+// the fd, and walks /proc only for sockets neither kept nor looked for in
+// vain before. Sockets a walk did not find (an owner we may not read, or
+// one gone since the dump) are looked for again at a walk that runs
+// anyway, or after missRetry passes at the latest. What a recheck cannot
+// see is a lower PID coming to hold a kept socket (fd passing): the owner
+// stays the process found first while it holds the socket.
 type Attributor struct {
 	p   *Poller
 	cfg AttributionConfig
 
 	inodes []InodeState
-	want   map[uint32]struct{}
-	owners map[uint32]procscan.Owner
+	want   map[uint32]struct{}       // inodes of this pass
+	find   map[uint32]struct{}       // of those, to walk for
+	found  map[uint32]procscan.Owner // what the walk found
+	owners map[uint32]procscan.Owner // resolved, kept between passes
+	missed map[uint32]struct{}       // walked for and not found
+	// sinceMissed counts passes since the missed inodes were last
+	// walked for.
+	sinceMissed int
+	denied      int // the last walk's
 
 	snap atomic.Pointer[Attribution]
 }
+
+// missRetry is how many passes sockets a walk did not find wait before
+// they are walked for again, when no other socket needs a walk sooner.
+const missRetry = 8
 
 // NewAttributor returns an Attributor of p's sockets.
 func NewAttributor(p *Poller, cfg AttributionConfig) *Attributor {
@@ -75,7 +101,11 @@ func NewAttributor(p *Poller, cfg AttributionConfig) *Attributor {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Attributor{p: p, cfg: cfg, want: map[uint32]struct{}{}, owners: map[uint32]procscan.Owner{}}
+	a := &Attributor{
+		p: p, cfg: cfg,
+		want: map[uint32]struct{}{}, find: map[uint32]struct{}{}, found: map[uint32]procscan.Owner{},
+		owners: map[uint32]procscan.Owner{}, missed: map[uint32]struct{}{},
+	}
 	a.snap.Store(&Attribution{})
 	return a
 }
@@ -87,21 +117,9 @@ func (a *Attributor) Snapshot() *Attribution { return a.snap.Load() }
 func (a *Attributor) Attribute() *Attribution {
 	start := a.cfg.Now()
 	a.inodes = a.p.AttributionInodes(a.inodes[:0])
-	clear(a.want)
-	clear(a.owners)
-	for _, in := range a.inodes {
-		if in.Inode != 0 {
-			a.want[in.Inode] = struct{}{}
-		}
-	}
 	res := &Attribution{Time: start}
-	if len(a.want) > 0 {
-		stats, err := procscan.Owners(a.cfg.ProcRoot, a.want, a.owners)
-		if err != nil {
-			a.cfg.Logger.Warn("attributing sockets to processes", "err", err)
-		}
-		res.Denied = stats.Denied
-	}
+	res.Walked = a.resolve()
+	res.Denied = a.denied
 	byName := map[string]*ProcessCount{}
 	var none, unknown ProcessCount
 	none.Kind, unknown.Kind = ProcessNone, ProcessUnknown
@@ -150,6 +168,57 @@ func (a *Attributor) Attribute() *Attribution {
 	res.Took = a.cfg.Now().Sub(start)
 	a.snap.Store(res)
 	return res
+}
+
+// resolve brings a.owners up to date for a.inodes, and reports whether it
+// walked /proc to do so.
+func (a *Attributor) resolve() bool {
+	clear(a.want)
+	for _, in := range a.inodes {
+		if in.Inode != 0 {
+			a.want[in.Inode] = struct{}{}
+		}
+	}
+	// Forget sockets that left the attribution states, then owners that
+	// no longer hold theirs.
+	maps.DeleteFunc(a.owners, func(ino uint32, _ procscan.Owner) bool { _, ok := a.want[ino]; return !ok })
+	maps.DeleteFunc(a.missed, func(ino uint32, _ struct{}) bool { _, ok := a.want[ino]; return !ok })
+	if _, err := procscan.Recheck(a.cfg.ProcRoot, a.owners); err != nil {
+		a.cfg.Logger.Warn("attributing sockets to processes", "err", err)
+		clear(a.owners)
+	}
+	a.sinceMissed++
+	clear(a.find)
+	for ino := range a.want {
+		if _, ok := a.owners[ino]; ok {
+			continue
+		}
+		if _, ok := a.missed[ino]; !ok {
+			a.find[ino] = struct{}{}
+		}
+	}
+	if len(a.find) == 0 && (len(a.missed) == 0 || a.sinceMissed < missRetry) {
+		return false
+	}
+	// Walking anyway: look for the missed ones too.
+	for ino := range a.missed {
+		a.find[ino] = struct{}{}
+	}
+	clear(a.missed)
+	a.sinceMissed = 0
+	stats, err := procscan.Owners(a.cfg.ProcRoot, a.find, a.found)
+	if err != nil {
+		a.cfg.Logger.Warn("attributing sockets to processes", "err", err)
+	}
+	a.denied = stats.Denied
+	for ino := range a.find {
+		if o, ok := a.found[ino]; ok {
+			a.owners[ino] = o
+		} else {
+			a.missed[ino] = struct{}{}
+		}
+	}
+	return true
 }
 
 // Run attributes every Interval until ctx is done.

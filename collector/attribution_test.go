@@ -97,3 +97,87 @@ func TestAttribution(t *testing.T) {
 		t.Errorf("after the leak ended: rows %v folded %d, want none", got.Rows, got.Folded)
 	}
 }
+
+// TestAttributionKeepsOwners checks that a pass walks /proc only when it
+// has sockets no earlier pass resolved, and that what it keeps between
+// passes follows owners that exit or sockets that leave the states.
+func TestAttributionKeepsOwners(t *testing.T) {
+	root := fakeProc(t, map[int]struct {
+		comm   string
+		inodes []uint32
+	}{
+		100: {"leaky", []uint32{21}},
+		200: {"web", []uint32{22}},
+		300: {"fork", []uint32{22}}, // shares 22 with web
+	})
+	cw := func(cookie uint64) netlinkdiag.Socket { return sockAt(cookie, netlinkdiag.StateCloseWait, 8080) }
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	d := &fakeDumper{clock: clock, steps: []step{
+		{socks: []netlinkdiag.Socket{cw(21), cw(22), cw(23)}},
+		{socks: []netlinkdiag.Socket{cw(21), cw(22), cw(23), cw(24)}},
+		{socks: []netlinkdiag.Socket{cw(22), cw(23), cw(24)}},
+	}}
+	p := NewPoller(d, Config{MaxTracked: 100, AttributionStates: []State{CloseWait}, Now: clock.Now})
+	a := NewAttributor(p, AttributionConfig{Top: 10, ProcRoot: root, Now: clock.Now})
+	row := func(k ProcessKind, name string, n int) ProcessCount {
+		r := ProcessCount{Kind: k, Process: name}
+		r.Sockets[CloseWait] = n
+		return r
+	}
+	pass := func(wantWalked bool, want ...ProcessCount) {
+		t.Helper()
+		got := a.Attribute()
+		if got.Walked != wantWalked {
+			t.Errorf("walked %t, want %t", got.Walked, wantWalked)
+		}
+		if d := cmp.Diff(want, got.Rows); d != "" {
+			t.Errorf("rows (-want +got)\n%s", d)
+		}
+	}
+	poll := func() {
+		t.Helper()
+		if err := p.Poll(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	poll()
+	pass(true, row(ProcessNamed, "leaky", 1), row(ProcessNamed, "web", 1), row(ProcessUnknown, "", 1))
+	// Nothing new: no walk, the same rows; 23, which nobody holds, is not
+	// looked for at every pass.
+	pass(false, row(ProcessNamed, "leaky", 1), row(ProcessNamed, "web", 1), row(ProcessUnknown, "", 1))
+
+	// A new socket in CLOSE_WAIT, held by a new process: walked for and
+	// found.
+	if err := os.MkdirAll(filepath.Join(root, "400", "fd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "400", "comm"), []byte("worker\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("socket:[24]", filepath.Join(root, "400", "fd", "7")); err != nil {
+		t.Fatal(err)
+	}
+	poll()
+	pass(true, row(ProcessNamed, "leaky", 1), row(ProcessNamed, "web", 1), row(ProcessNamed, "worker", 1), row(ProcessUnknown, "", 1))
+	pass(false, row(ProcessNamed, "leaky", 1), row(ProcessNamed, "web", 1), row(ProcessNamed, "worker", 1), row(ProcessUnknown, "", 1))
+
+	// 21 left CLOSE_WAIT and web exited, leaving 22 to the process it
+	// shared it with: the recheck drops web, a walk finds fork.
+	if err := os.RemoveAll(filepath.Join(root, "200")); err != nil {
+		t.Fatal(err)
+	}
+	poll()
+	pass(true, row(ProcessNamed, "fork", 1), row(ProcessNamed, "worker", 1), row(ProcessUnknown, "", 1))
+
+	// Someone comes to hold 23: found when the missed sockets are looked
+	// for again, missRetry passes after the last walk for them.
+	if err := os.Symlink("socket:[23]", filepath.Join(root, "100", "fd", "9")); err != nil {
+		t.Fatal(err)
+	}
+	for range missRetry - 1 {
+		pass(false, row(ProcessNamed, "fork", 1), row(ProcessNamed, "worker", 1), row(ProcessUnknown, "", 1))
+	}
+	pass(true, row(ProcessNamed, "fork", 1), row(ProcessNamed, "leaky", 1), row(ProcessNamed, "worker", 1))
+	pass(false, row(ProcessNamed, "fork", 1), row(ProcessNamed, "leaky", 1), row(ProcessNamed, "worker", 1))
+}

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"math"
 	"net/netip"
 	"syscall"
 
@@ -102,31 +103,199 @@ func (k KernelTransition) PeerClosing() (State, bool) {
 // gone, at the moment it ran out. It returns the counts, oldest ages and
 // tracked sockets as of now; the sockets the last complete dump counted
 // but could not track are counted as that dump found them.
+//
+// Counts are kept at every change (Live). The rest comes from an index
+// that Apply keeps up, so that a publish costs what changed since the
+// last, not a sweep of every tracked socket: the exact TIME_WAIT entries
+// in a heap by the end of their timer, which gives both the remnants
+// whose timer ran out and the oldest of them, and each state's earliest
+// entry. Only when the earliest entry of a state that still holds
+// sockets has left it, or after a dump (which changes entries without
+// keeping the index), does Refresh sweep the table and build the index
+// anew.
 func (t *Tracker) Refresh(now int64) PollResult {
 	n := t.since(now)
-	oldest := noneEntered()
-	t.sockets.sweep(func(s *slot) bool {
-		st := State(s.meta & stateMask)
-		if st == TimeWait && s.meta&exactBit != 0 {
-			if end := s.entered + int64(TimeWaitLifetime); end <= n {
-				e := s.entry()
-				if !e.unknown && t.stay != nil {
-					t.stay(TimeWait, TimeWaitLifetime)
-				}
-				t.transitions[TimeWait][Closed]++
-				t.live[e.family][TimeWait]--
-				return false
-			}
-		}
-		oldest[st] = min(oldest[st], s.entered)
-		return true
-	})
+	if !t.indexed || !t.expireFromIndex(n) {
+		t.reindex(n)
+	}
 	t.sockets.shrink()
-	res := PollResult{Sockets: t.live, Oldest: ages(oldest, n), Tracked: t.sockets.len(), Untracked: t.untrackedN}
+	res := PollResult{Sockets: t.live, Tracked: t.sockets.len(), Untracked: t.untrackedN}
+	oldest := noneEntered()
+	for st := range oldest {
+		oldest[st] = t.first[st].at
+	}
+	if len(t.ends) > 0 {
+		oldest[TimeWait] = min(oldest[TimeWait], t.ends[0].end-int64(TimeWaitLifetime))
+	}
+	res.Oldest = ages(oldest, n)
 	for f := range res.Sockets {
 		for st := range res.Sockets[f] {
 			res.Sockets[f][st] += t.untracked[f][st]
 		}
 	}
 	return res
+}
+
+// expire forgets an exact TIME_WAIT entry whose timer ran out.
+func (t *Tracker) expire(e entry) {
+	if !e.unknown && t.stay != nil {
+		t.stay(TimeWait, TimeWaitLifetime)
+	}
+	t.transitions[TimeWait][Closed]++
+	t.live[e.family][TimeWait]--
+}
+
+// reindex sweeps the table: it forgets the TIME_WAIT entries whose timer
+// ran out by n, and builds the index from the rest.
+func (t *Tracker) reindex(n int64) {
+	t.ends = t.ends[:0]
+	for st := range t.first {
+		t.first[st] = firstEntry{at: math.MaxInt64}
+	}
+	t.sockets.sweep(func(s *slot) bool {
+		st := State(s.meta & stateMask)
+		if st == TimeWait && s.meta&exactBit != 0 {
+			end := s.entered + int64(TimeWaitLifetime)
+			if end <= n {
+				t.expire(s.entry())
+				return false
+			}
+			t.ends = append(t.ends, timerEnd{end: end, cookie: s.cookie})
+			return true
+		}
+		if f := &t.first[st]; s.entered < f.at {
+			f.at, f.cookie = s.entered, s.cookie
+		}
+		return true
+	})
+	if cap(t.ends) > 4*len(t.ends)+1024 {
+		// Return most of what a peak of remnants took, as the table does.
+		t.ends = append(endHeap(nil), t.ends...)
+	}
+	t.ends.init()
+	t.indexed = true
+}
+
+// expireFromIndex forgets the TIME_WAIT entries whose timer ran out by n,
+// as the index says, and reports whether the index still gives every
+// state's earliest entry.
+func (t *Tracker) expireFromIndex(n int64) bool {
+	for len(t.ends) > 0 {
+		top := t.ends[0]
+		ref, e, ok := t.sockets.lookup(top.cookie)
+		current := ok && e.state == TimeWait && e.exact && e.entered+int64(TimeWaitLifetime) == top.end
+		if current && top.end > n {
+			break // the oldest remnant, still there
+		}
+		t.ends.pop()
+		if current {
+			t.expire(e)
+			t.sockets.removeAt(ref)
+		}
+		// Otherwise the entry changed since: its heap item is stale.
+	}
+	for st := range t.first {
+		f := &t.first[st]
+		if !f.left {
+			continue
+		}
+		if State(st) == TimeWait || t.live[IPv4][st]+t.live[IPv6][st] > 0 {
+			return false // who is earliest now takes a sweep to know
+		}
+		*f = firstEntry{at: math.MaxInt64} // the state emptied
+	}
+	return true
+}
+
+// entered notes, for the index, that cookie's entry is now e.
+func (t *Tracker) entered(cookie uint64, e entry) {
+	switch {
+	case !t.indexed:
+	case e.state == TimeWait && e.exact:
+		t.ends.push(timerEnd{end: e.entered + int64(TimeWaitLifetime), cookie: cookie})
+	case e.entered < t.first[e.state].at:
+		f := &t.first[e.state]
+		f.at, f.cookie = e.entered, cookie
+	}
+}
+
+// left notes, for the index, that cookie's entry e is leaving: changing,
+// or forgotten. An exact TIME_WAIT entry's heap item goes stale and is
+// dropped when it comes up; a state's earliest entry leaving makes the
+// next Refresh look for the new earliest.
+func (t *Tracker) left(cookie uint64, e entry) {
+	if !t.indexed || e.state == TimeWait && e.exact {
+		return
+	}
+	if f := &t.first[e.state]; f.at != math.MaxInt64 && f.cookie == cookie {
+		f.left = true
+	}
+}
+
+// firstEntry is a state's earliest entry: when, and whose. at is
+// math.MaxInt64 for none. left says it has left since, and the earliest
+// entry is not known.
+type firstEntry struct {
+	at     int64
+	cookie uint64
+	left   bool
+}
+
+// timerEnd is when an exact TIME_WAIT entry's timer runs out.
+type timerEnd struct {
+	end    int64
+	cookie uint64
+}
+
+// endHeap is a min-heap of timer ends. It is written out rather than
+// used through container/heap, whose Push would allocate for every item.
+type endHeap []timerEnd
+
+// push adds x.
+func (h *endHeap) push(x timerEnd) {
+	*h = append(*h, x)
+	a := *h
+	for i := len(a) - 1; i > 0; {
+		p := (i - 1) / 2
+		if a[p].end <= a[i].end {
+			break
+		}
+		a[p], a[i] = a[i], a[p]
+		i = p
+	}
+}
+
+// pop removes the earliest end.
+func (h *endHeap) pop() {
+	a := *h
+	last := len(a) - 1
+	a[0] = a[last]
+	*h = a[:last]
+	h.down(0)
+}
+
+// down moves the item at i down to where it belongs.
+func (h endHeap) down(i int) {
+	for {
+		l, m := 2*i+1, i
+		if l < len(h) && h[l].end < h[m].end {
+			m = l
+		}
+		if r := l + 1; r < len(h) && h[r].end < h[m].end {
+			m = r
+		}
+		if m == i {
+			return
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
+	}
+}
+
+// init orders the heap after its items were appended in any order, in
+// linear time.
+func (h endHeap) init() {
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		h.down(i)
+	}
 }

@@ -114,7 +114,8 @@ func (p *Poller) applyFeed(feed *Feed, b []KernelTransition) {
 // polls every Interval to reconcile the trackers with the kernel's tables
 // (with every namespace observed, a share of the namespaces at each
 // publish: see Reconcile).
-// Before each publish it reads losses, if not nil: events the source lost
+// Before each publish it applies every event the source recorded until
+// then (see catchUp), and reads losses, if not nil: events the source lost
 // are counted, and a loss polls at once, so that a dump repairs what the
 // lost events would have changed. Polls that overrun the interval drop
 // the ticks they missed, as in Run.
@@ -138,6 +139,10 @@ func (p *Poller) RunFeed(ctx context.Context, feed *Feed, publish time.Duration,
 		case b := <-feed.full:
 			p.applyFeed(feed, b)
 		case <-pubs.C:
+			// Every event recorded so far goes into the publish: with the
+			// source's Sync, the publish is what makes it read, so that it
+			// may sleep long between reads on its own.
+			p.catchUp(ctx, feed, losses)
 			switch {
 			case p.countLosses(losses):
 				_ = p.Poll(ctx) // publishes too

@@ -234,3 +234,36 @@ type dumperFunc func(fn func(*netlinkdiag.Socket) error) error
 func (f dumperFunc) DumpTCP(_ context.Context, _ netlinkdiag.Request, fn func(*netlinkdiag.Socket) error) error {
 	return f(fn)
 }
+
+// TestRunFeedPublishSyncs: a publish first has the source hand over what
+// it recorded, so that a source that reads only when asked (or when its
+// ring fills) is published every publish.
+func TestRunFeedPublishSyncs(t *testing.T) {
+	const ino = 4026532001
+	p := NewPoller(dumperFunc(func(fn func(*netlinkdiag.Socket) error) error { return nil }),
+		Config{Interval: time.Hour, MaxTracked: 100, NetnsInode: ino})
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	feed := NewFeed(2, 2)
+	now := monotonic()
+	src := &heldBack{feed: feed, events: []bpfsource.Event{
+		{Time: now + 1000, Cookie: 1, Netns: ino, Family: syscall.AF_INET, OldState: netlinkdiag.StateClose, NewState: netlinkdiag.StateSynSent},
+		{Time: now + 2000, Cookie: 1, Netns: ino, Family: syscall.AF_INET, OldState: netlinkdiag.StateSynSent, NewState: netlinkdiag.StateEstablished},
+		{Time: now + 3000, Cookie: 2, Netns: ino, Family: syscall.AF_INET, OldState: netlinkdiag.StateClose, NewState: netlinkdiag.StateSynSent},
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.RunFeed(ctx, feed, 10*time.Millisecond, src); close(done) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Snapshot().Events < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("published %d events in 5 s, want the 3 held back", p.Snapshot().Events)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s := p.Snapshot(); s.Sockets[IPv4][Established] != 1 || s.Sockets[IPv4][SynSend] != 1 || s.Polls != 1 {
+		t.Errorf("ESTABLISHED %d, SYN_SEND %d, polls %d; want 1, 1 and no dump", s.Sockets[IPv4][Established], s.Sockets[IPv4][SynSend], s.Polls)
+	}
+}

@@ -157,6 +157,14 @@ type Tracker struct {
 	// events: kernel events drive the tracker, and a dump that disagrees
 	// with them is correcting it.
 	events bool
+
+	// Between dumps, Refresh works from an index rather than sweeping the
+	// whole table every publish (see Refresh): it is built by a sweep,
+	// kept up by Apply, and dropped by anything else that changes entries
+	// (a dump, a move of the epoch). indexed says it is up to date.
+	indexed bool
+	ends    endHeap               // exact TIME_WAIT entries by the end of their timer
+	first   [NumStates]firstEntry // per state, its earliest entry; for TIME_WAIT, of those not in ends
 }
 
 // NewTracker returns a tracker that remembers at most max sockets and
@@ -197,11 +205,13 @@ func (t *Tracker) Begin(now int64) {
 	}
 	t.now, t.began = n, true
 	t.cur = PollResult{}
+	t.indexed = false // the dump changes entries without keeping it
 }
 
 // rebase moves the epoch d nanoseconds later, so that times stay within
 // what a slot holds (maxTime, about 104 days, either side of the epoch).
 func (t *Tracker) rebase(d int64) {
+	t.indexed = false
 	t.epoch += d
 	t.now -= d
 	for i := range t.complete {
@@ -477,8 +487,10 @@ func (t *Tracker) Apply(tr Transition) {
 		// change the dump caught before its event came. The event only
 		// pins the moment of a change between two states.
 		if tr.From != Closed && !e.exact {
+			t.left(tr.Cookie, e)
 			e.entered, e.exact = at, true
 			t.sockets.update(ref, e)
+			t.entered(tr.Cookie, e)
 		}
 		return
 	}
@@ -494,6 +506,7 @@ func (t *Tracker) Apply(tr Transition) {
 			t.stay(e.state, time.Duration(at-e.entered))
 		}
 		t.live[e.family][e.state]--
+		t.left(tr.Cookie, e)
 		if tr.To == Closed {
 			t.sockets.removeAt(ref)
 			return
@@ -501,14 +514,18 @@ func (t *Tracker) Apply(tr Transition) {
 		t.live[tr.Family][tr.To]++
 		// The event shows the socket there at its time: a dump that left
 		// it out before did not see it close.
-		t.sockets.update(ref, entry{entered: at, lastSeen: max(e.lastSeen, at), state: tr.To, family: tr.Family, exact: true})
+		n := entry{entered: at, lastSeen: max(e.lastSeen, at), state: tr.To, family: tr.Family, exact: true}
+		t.sockets.update(ref, n)
+		t.entered(tr.Cookie, n)
 		return
 	}
 	if tr.To == Closed || t.sockets.len() >= t.max {
 		return
 	}
-	t.sockets.put(tr.Cookie, entry{entered: at, lastSeen: at, state: tr.To, family: tr.Family, exact: true})
+	n := entry{entered: at, lastSeen: at, state: tr.To, family: tr.Family, exact: true}
+	t.sockets.put(tr.Cookie, n)
 	t.live[tr.Family][tr.To]++
+	t.entered(tr.Cookie, n)
 }
 
 // Live returns the tracked sockets by family and state as the tracker

@@ -307,6 +307,23 @@ func TestTrackerMatchesMapReference(t *testing.T) {
 	t.Run("epoch-move", func(t *testing.T) {
 		compareWithReference(t, 6, 1<<20, 500, time.Duration(maxTime/2))
 	})
+	// Precise mode: events, and a Refresh after each second of them,
+	// many times between dumps, so that Refresh works from its index.
+	for _, tc := range []struct {
+		seed uint64
+		max  int
+		pop  int
+		jump time.Duration
+	}{
+		{7, 1 << 20, 40, 0},
+		{8, 1 << 20, 700, 0},
+		{9, 500, 700, 0},
+		{10, 1 << 20, 500, time.Duration(maxTime / 2)},
+	} {
+		t.Run(fmt.Sprintf("events/seed=%d/max=%d/pop=%d", tc.seed, tc.max, tc.pop), func(t *testing.T) {
+			compareWithReferenceOpts(t, tc.seed, tc.max, tc.pop, tc.jump, 12)
+		})
+	}
 }
 
 type stayRec struct {
@@ -315,6 +332,13 @@ type stayRec struct {
 }
 
 func compareWithReference(t *testing.T, seed uint64, max, pop int, jump time.Duration) {
+	compareWithReferenceOpts(t, seed, max, pop, jump, 0)
+}
+
+// compareWithReferenceOpts is compareWithReference with, when seconds is
+// not 0, up to that many seconds of events between dumps, each followed by
+// a Refresh.
+func compareWithReferenceOpts(t *testing.T, seed uint64, max, pop int, jump time.Duration, seconds int) {
 	rng := rand.New(rand.NewPCG(seed, 99))
 	var got, want []stayRec
 	tr := NewTracker(max, func(s State, d time.Duration) { got = append(got, stayRec{s, d}) })
@@ -411,6 +435,32 @@ func compareWithReference(t *testing.T, seed uint64, max, pop int, jump time.Dur
 			at := now + int64(rng.IntN(100))*int64(time.Millisecond)
 			if d := cmp.Diff(ref.Refresh(at), tr.Refresh(at)); d != "" {
 				t.Fatalf("poll %d: Refresh (-map +table)\n%s", poll, d)
+			}
+		}
+		for sec := range rng.IntN(seconds + 1) {
+			for range rng.IntN(40) {
+				now += int64(rng.IntN(50)) * int64(time.Millisecond)
+				ev := Transition{Family: Family(rng.IntN(2)), From: State(rng.IntN(NumStates)), To: State(rng.IntN(NumStates)), At: now}
+				switch r := rng.IntN(10); {
+				case r < 3:
+					ev.To = TimeWait
+				case r < 5:
+					ev.To = Closed
+				}
+				if len(socks) > 0 && rng.IntN(4) > 0 {
+					ev.Cookie = socks[rng.IntN(len(socks))].Cookie
+				} else {
+					ev.Cookie = rng.Uint64()
+				}
+				tr.Apply(ev)
+				ref.Apply(ev)
+			}
+			now += int64(rng.IntN(1000)) * int64(time.Millisecond)
+			if d := cmp.Diff(ref.Refresh(now), tr.Refresh(now)); d != "" {
+				t.Fatalf("poll %d, second %d: Refresh (-map +table)\n%s", poll, sec, d)
+			}
+			if d := cmp.Diff(ref.Transitions(), tr.Transitions()); d != "" {
+				t.Fatalf("poll %d, second %d: transitions (-map +table)\n%s", poll, sec, d)
 			}
 		}
 

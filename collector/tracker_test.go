@@ -715,3 +715,39 @@ func TestTrackerLateEventsAfterADump(t *testing.T) {
 	sc.apply(61*time.Second, 1, TimeWait, Closed)
 	sc.wantTransitions(map[[2]State]uint64{{Closed, SynSend}: 1, {SynSend, Established}: 1, {Established, TimeWait}: 1, {TimeWait, Closed}: 1})
 }
+
+// TestTrackerRefreshIndexIsKeptAndShrinks: Refresh works from its index
+// between dumps, without a sweep while each state's earliest entry stays,
+// and the heap of TIME_WAIT timers gives back what a peak of remnants took.
+func TestTrackerRefreshIndexIsKeptAndShrinks(t *testing.T) {
+	const epoch = int64(1_700_000) * int64(time.Second)
+	tr := NewTracker(1<<20, nil)
+	tr.Begin(epoch)
+	tr.Commit()
+	tr.Refresh(epoch + 1)
+	if !tr.indexed {
+		t.Fatal("no index after a Refresh")
+	}
+	// A burst of 50,000 connections, each leaving a remnant, one a ms.
+	for c := range uint64(50_000) {
+		at := epoch + int64(time.Second) + int64(c)*int64(time.Millisecond)
+		tr.Apply(Transition{Cookie: 1000 + c, Family: IPv4, From: Closed, To: Established, At: at})
+		tr.Apply(Transition{Cookie: 1000 + c, Family: IPv4, From: Established, To: TimeWait, At: at + 1})
+	}
+	if !tr.indexed || len(tr.ends) != 50_000 {
+		t.Fatalf("indexed %t with %d timers, want kept with 50,000", tr.indexed, len(tr.ends))
+	}
+	peak := cap(tr.ends)
+	res := tr.Refresh(epoch + int64(time.Second) + int64(TimeWaitLifetime) + int64(25*time.Second))
+	if res.Sockets[IPv4][TimeWait] != 25_000 || res.Oldest[TimeWait] != TimeWaitLifetime-1 {
+		t.Errorf("TIME_WAIT %d, oldest %v; want 25,000 left, the oldest a ns short of its end", res.Sockets[IPv4][TimeWait], res.Oldest[TimeWait])
+	}
+	// The rest run out; a dump drops the index and the next Refresh
+	// builds it small again.
+	later := epoch + int64(2*time.Minute) + int64(TimeWaitLifetime)
+	tr.Begin(later)
+	tr.Commit()
+	if res := tr.Refresh(later + 1); res.Tracked != 0 || cap(tr.ends) >= peak/4 {
+		t.Errorf("tracked %d, timer heap capacity %d after the remnants ended (peak %d)", res.Tracked, cap(tr.ends), peak)
+	}
+}

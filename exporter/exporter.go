@@ -179,7 +179,7 @@ func New(src SnapshotSource, h *Histograms, opts ...Option) *Exporter {
 	e.queueLimit = nd("listen_queue_limit", "Accept queue limit (backlog) of the port's LISTEN sockets, summed over them.", "port")
 	e.truncated = d("breakdown_truncated_values", "Distinct values summed into \"other\" because a breakdown reached its limit; 0 means the breakdown is complete.", "breakdown")
 	e.procSockets = d("process_sockets", "Sockets in the attribution states by owning process name (comm): the top --attribution.top names, the rest as process=\"other\", sockets with no owner as \"none\", owners not found (exited, or not readable without CAP_SYS_PTRACE) as \"unknown\". Only non-zero series are exported.", "state", "process")
-	e.attrDuration = d("attribution_duration_seconds", "Time the latest attribution of sockets to processes took (a walk of /proc/PID/fd).")
+	e.attrDuration = d("attribution_duration_seconds", "Time the latest attribution of sockets to processes took (a recheck of the owners already known, and a walk of /proc/PID/fd when sockets were new).")
 	e.attrTimestamp = d("attribution_last_timestamp_seconds", "Unix time of the latest attribution of sockets to processes; 0 before the first.")
 	e.attrDenied = d("attribution_denied_processes", "Processes whose open files the latest attribution could not read (needs CAP_SYS_PTRACE or the same user).")
 	return e

@@ -3,6 +3,7 @@
 package procscan
 
 import (
+	"maps"
 	"math"
 	"testing"
 )
@@ -76,4 +77,23 @@ func benchDiscover(b *testing.B, discoverer func() *Discoverer) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(st.Processes), "ns/process")
 	b.ReportMetric(float64(st.Processes), "procs/op")
 	b.ReportMetric(float64(n), "netns/op")
+}
+
+// BenchmarkRecheck rechecks the owners of benchSockets sockets held here,
+// as an Attributor does at every pass once it has found them.
+func BenchmarkRecheck(b *testing.B) {
+	_, inodes := openSockets(b, benchSockets)
+	found := make(map[uint32]Owner, len(inodes))
+	if _, err := Owners("/proc", wantSet(inodes...), found); err != nil {
+		b.Fatal(err)
+	}
+	owners := make(map[uint32]Owner, len(found))
+	b.ReportAllocs()
+	for b.Loop() {
+		maps.Copy(owners, found)
+		if n, err := Recheck("/proc", owners); err != nil || n != 0 {
+			b.Fatalf("Recheck = %d, %v; want 0, nil", n, err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(found)), "ns/socket")
 }

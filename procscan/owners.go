@@ -1,8 +1,10 @@
 package procscan
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
+	"strconv"
 )
 
 // Owner is a process holding a socket.
@@ -12,6 +14,9 @@ type Owner struct {
 	// /proc/PID/comm (at most 15 bytes, usually the executable's base
 	// name), with bytes that are not UTF-8 replaced by U+FFFD.
 	Comm string
+	// FD is the descriptor the socket was found at, so that Recheck can
+	// look at that one link again instead of walking every process.
+	FD int
 }
 
 // ScanStats counts what one Owners walk looked at.
@@ -134,6 +139,10 @@ func (w *ownerWalk) process(pid int, st *ScanStats) {
 		if !ok {
 			return true
 		}
+		fd, ok := parseUint64(name[:len(name)-1])
+		if !ok || fd > 1<<31-1 {
+			return true
+		}
 		if _, ok := w.want[ino]; !ok {
 			return true
 		}
@@ -148,7 +157,7 @@ func (w *ownerWalk) process(pid int, st *ScanStats) {
 			}
 			comm, haveComm = commString(trimComm(w.comm[:cn])), true
 		}
-		w.into[ino] = Owner{PID: pid, Comm: comm}
+		w.into[ino] = Owner{PID: pid, Comm: comm, FD: int(fd)}
 		return len(w.into) < len(w.want)
 	})
 }
@@ -163,4 +172,79 @@ func listPIDs(root int, buf []byte, pids []int) ([]int, error) {
 		return true
 	})
 	return pids, err
+}
+
+// Recheck looks again at each owner in owners, as an earlier Owners walk
+// found it, and deletes those that no longer hold their socket: the
+// process exited, or changed its command name (exec, prctl), or the
+// descriptor it was found at no longer links to the socket. It reads one
+// link per socket and one comm per process, not every process's fds, so a
+// caller can keep owners between walks and walk only for sockets it has
+// not resolved yet.
+//
+// What it cannot see is a lower PID coming to hold a socket (fd passing):
+// the owner stays the process found first for as long as it holds the
+// socket. Recheck returns how many owners it deleted, and an error only
+// when procRoot itself cannot be read.
+func Recheck(procRoot string, owners map[uint32]Owner) (int, error) {
+	if len(owners) == 0 {
+		return 0, nil
+	}
+	root, err := openRoot(procRoot)
+	if err != nil {
+		return 0, fmt.Errorf("procscan: open %s: %w", procRoot, err)
+	}
+	defer closeFD(root)
+	held := make([]heldSocket, 0, len(owners))
+	for ino, o := range owners {
+		held = append(held, heldSocket{ino, o})
+	}
+	// By process: one comm and one fd directory each.
+	slices.SortFunc(held, func(a, b heldSocket) int { return cmp.Compare(a.owner.PID, b.owner.PID) })
+	var (
+		path  = make([]byte, 0, 32)
+		name  = make([]byte, 0, 16)
+		link  [linkBufSize]byte
+		cbuf  [commBufSize]byte
+		dir   = -1
+		alive bool
+	)
+	dropped := 0
+	for i, h := range held {
+		if i == 0 || h.owner.PID != held[i-1].owner.PID {
+			if dir >= 0 {
+				closeFD(dir)
+				dir = -1
+			}
+			path = appendPIDPath(path[:0], h.owner.PID, "/comm")
+			n, err := readAt(root, path, cbuf[:])
+			alive = err == nil && commString(trimComm(cbuf[:n])) == h.owner.Comm
+			if alive {
+				path = appendPIDPath(path[:0], h.owner.PID, "/fd")
+				dir, err = openDir(root, path)
+				alive = err == nil
+			}
+		}
+		ok := alive
+		if ok {
+			name = append(strconv.AppendInt(name[:0], int64(h.owner.FD), 10), 0)
+			n, err := readlinkAt(dir, name, link[:])
+			ino, isSocket := parseSocketLink(link[:n])
+			ok = err == nil && isSocket && ino == h.ino
+		}
+		if !ok {
+			delete(owners, h.ino)
+			dropped++
+		}
+	}
+	if dir >= 0 {
+		closeFD(dir)
+	}
+	return dropped, nil
+}
+
+// heldSocket is a socket and the owner an earlier walk found for it.
+type heldSocket struct {
+	ino   uint32
+	owner Owner
 }

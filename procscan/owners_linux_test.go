@@ -5,6 +5,7 @@ package procscan
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"golang.org/x/sys/unix"
 )
 
@@ -74,7 +76,9 @@ func TestOwnersFakeProc(t *testing.T) {
 		400: {PID: 30, Comm: "child"},
 		900: {PID: 9, Comm: "\uFFFDbad"},
 	}
-	if d := cmp.Diff(want, into); d != "" {
+	// 300 is at two of 20's fds: which is found first is the directory's
+	// order. TestRecheck checks the fds.
+	if d := cmp.Diff(want, into, ignoreFD); d != "" {
 		t.Errorf("owners (-want +got)\n%s", d)
 	}
 	// 999 is held by nobody, so the walk goes through every process.
@@ -91,12 +95,54 @@ func TestOwnersStopsEarly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := cmp.Diff(map[uint32]Owner{100: {PID: 10, Comm: "init"}}, into); d != "" {
+	if d := cmp.Diff(map[uint32]Owner{100: {PID: 10, Comm: "init", FD: 0}}, into); d != "" {
 		t.Errorf("owners (-want +got)\n%s", d)
 	}
 	// PIDs 9 and 10, in numeric order, and not 10's fds after the one.
 	if st.Processes != 2 || st.FDs < 2 || st.FDs > 4 {
 		t.Errorf("stats %+v, want 2 processes and 2 to 4 fds", st)
+	}
+}
+
+// ignoreFD compares owners by process alone.
+var ignoreFD = cmpopts.IgnoreFields(Owner{}, "FD")
+
+func TestRecheck(t *testing.T) {
+	tr := fakeOwnersProc(t)
+	owners := map[uint32]Owner{}
+	if _, err := Owners(tr.root, wantSet(100, 200, 300, 400, 900), owners); err != nil {
+		t.Fatal(err)
+	}
+	// What a walk found still holds: nothing is dropped.
+	kept := maps.Clone(owners)
+	if n, err := Recheck(tr.root, kept); err != nil || n != 0 {
+		t.Fatalf("Recheck right after the walk = %d, %v; want 0, nil", n, err)
+	}
+	if d := cmp.Diff(owners, kept); d != "" {
+		t.Errorf("owners (-want +got)\n%s", d)
+	}
+
+	// 10 exits; 20 reuses the fd 200 was at for another socket; 30
+	// exec's something else; 9 is as it was.
+	if err := os.RemoveAll(tr.path("10")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(tr.path("20/fd/3")); err != nil {
+		t.Fatal(err)
+	}
+	tr.link("20/fd/3", "socket:[201]")
+	tr.file("30/comm", "other\n")
+	n, err := Recheck(tr.root, kept)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint32]Owner{300: owners[300], 900: owners[900]}
+	if d := cmp.Diff(want, kept); d != "" || n != 3 {
+		t.Errorf("Recheck dropped %d, want 3; owners (-want +got)\n%s", n, d)
+	}
+
+	if n, err := Recheck(filepath.Join(t.TempDir(), "missing"), map[uint32]Owner{1: {PID: 1}}); !errors.Is(err, os.ErrNotExist) || n != 0 {
+		t.Errorf("Recheck(missing root) = %d, %v; want 0 and an error wrapping os.ErrNotExist", n, err)
 	}
 }
 
@@ -202,7 +248,7 @@ func TestOwnersSelf(t *testing.T) {
 	for _, ino := range inodes {
 		want[ino] = me
 	}
-	if d := cmp.Diff(want, into); d != "" {
+	if d := cmp.Diff(want, into, ignoreFD); d != "" {
 		t.Errorf("owners (-want +got)\n%s", d)
 	}
 	t.Logf("%+v", st)
@@ -225,7 +271,7 @@ func TestOwnersChild(t *testing.T) {
 	fds[0] = -1
 
 	// The child is sleep once it has exec'd; until then it is a copy of us.
-	want := map[uint32]Owner{inodes[0]: {PID: cmd.Process.Pid, Comm: "sleep"}}
+	want := map[uint32]Owner{inodes[0]: {PID: cmd.Process.Pid, Comm: "sleep", FD: 3}}
 	into := map[uint32]Owner{}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if _, err := Owners("/proc", wantSet(inodes...), into); err != nil {
