@@ -109,7 +109,7 @@ func TestCloseWaitBreakdown(t *testing.T) {
 		t.Errorf("processes (-want +got)\n%s", d)
 	}
 	text := tab.Text()
-	for _, want := range []string{"8080", "(no listener)", "(2 more)", "java", "(owner not found)", "2 processes could not be read"} {
+	for _, want := range []string{"8080", "(no listener)", "(2 more)", "java", "(owner not found)", "2 processes' open files could not be read"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("the text does not show %q:\n%s", want, text)
 		}

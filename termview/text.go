@@ -53,7 +53,7 @@ func (t Table) Text() string {
 	}
 	section(&b, "CLOSE_WAIT by process", "PROCESS", procs, 0)
 	if t.ProcessesUnreadable > 0 {
-		fmt.Fprintf(&b, "  (%d processes could not be read: CAP_SYS_PTRACE reads them)\n", t.ProcessesUnreadable)
+		fmt.Fprintf(&b, "  (%d processes' open files could not be read)\n", t.ProcessesUnreadable)
 	}
 	return b.String()
 }

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -41,6 +42,7 @@ func init() {
 type options struct {
 	netns    string
 	json     bool
+	watch    bool
 	interval time.Duration
 	top      int
 }
@@ -56,7 +58,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	app.Flag("netns", "Read this network namespace instead of our own: a name under /run/netns or a path such as /proc/PID/ns/net; or \"all\" for every network namespace on the host. Needs CAP_SYS_ADMIN (and CAP_SYS_PTRACE for all).").Default("").StringVar(&o.netns)
 	app.Flag("json", "Print the table once as JSON, with stable field names, instead of text.").BoolVar(&o.json)
-	interval := app.Flag("interval", "How often to read the kernel: at least 100ms, such as 1s or 500ms.").Default("1s").String()
+	app.Flag("watch", "Keep the table live in the terminal, refreshed every --interval, with transitions per second and stay percentiles since start; q quits.").BoolVar(&o.watch)
+	interval := app.Flag("interval", "With --watch, how often to read the kernel: at least 100ms, such as 1s or 500ms.").Default("1s").String()
 	app.Flag("top", "How many service ports and processes holding CLOSE_WAIT sockets to name.").Default("5").IntVar(&o.top)
 	from := app.Flag("from", "Show a running exporter's view, such as http://HOST:9965 (not available yet).").String()
 	if _, err := app.Parse(args); err != nil {
@@ -73,6 +76,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("--interval=%v: must be at least 100ms", o.interval)
 	case o.top < 0:
 		return nil, fmt.Errorf("--top=%d: must not be negative", o.top)
+	case o.json && o.watch:
+		return nil, errors.New("--json and --watch do not go together: --json prints the table once")
 	}
 	return o, nil
 }
@@ -121,7 +126,16 @@ func newPoller(netns string, cfg collector.Config) (*collector.Poller, func(), e
 	return p, p.Close, nil
 }
 
-func show(o *options, stdout io.Writer) error {
+// reader reads the kernel for the view: a poller of what --netns names,
+// the attributor of its CLOSE_WAIT sockets, and the view over its snapshots.
+type reader struct {
+	poller     *collector.Poller
+	attributor *collector.Attributor
+	view       *termview.View
+	close      func()
+}
+
+func open(o *options) (*reader, error) {
 	stays := termview.NewStays()
 	poller, closePoller, err := newPoller(o.netns, collector.Config{
 		Interval:          o.interval,
@@ -131,18 +145,40 @@ func show(o *options, stdout io.Writer) error {
 		ObserveStay:       stays.Observe,
 	})
 	if err != nil {
+		return nil, err
+	}
+	return &reader{
+		poller:     poller,
+		attributor: collector.NewAttributor(poller, collector.AttributionConfig{Interval: attributeEvery, Top: o.top}),
+		view:       termview.NewView(termview.Options{Netns: o.netns, Interval: o.interval, Top: o.top, Stays: stays}),
+		close:      closePoller,
+	}, nil
+}
+
+// first dumps the sockets once, attributes them and returns the table.
+func (r *reader) first(ctx context.Context) (termview.Table, error) {
+	if err := r.poller.Poll(ctx); err != nil {
+		return termview.Table{}, fmt.Errorf("dump TCP sockets: %w", err)
+	}
+	return r.view.Table(r.poller.Snapshot(), r.attributor.Attribute()), nil
+}
+
+func show(o *options, stdout io.Writer) error {
+	r, err := open(o)
+	if err != nil {
 		return err
 	}
-	defer closePoller()
+	defer r.close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := poller.Poll(ctx); err != nil {
-		return fmt.Errorf("dump TCP sockets: %w", err)
+	table, err := r.first(ctx)
+	if err != nil {
+		return err
 	}
-	attributor := collector.NewAttributor(poller, collector.AttributionConfig{Interval: time.Minute, Top: o.top})
-	view := termview.NewView(termview.Options{Netns: o.netns, Interval: o.interval, Top: o.top, Stays: stays})
-	table := view.Table(poller.Snapshot(), attributor.Attribute())
-	if o.json {
+	switch {
+	case o.watch:
+		return watch(ctx, o, r, table)
+	case o.json:
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(table)

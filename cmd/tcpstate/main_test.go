@@ -30,6 +30,7 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"--interval=10ms"}, 2, "at least 100ms"},
 		{[]string{"--top=-1"}, 2, "--top=-1"},
 		{[]string{"--top=many"}, 2, "many"},
+		{[]string{"--json", "--watch"}, 2, "do not go together"},
 		{[]string{"--from=http://127.0.0.1:9965"}, 2, "not available yet"},
 		{[]string{"extra"}, 2, "extra"},
 		{[]string{"--netns=/nonexistent/netns"}, 1, "/nonexistent/netns"},
