@@ -53,7 +53,11 @@ func (t Table) Text() string {
 	}
 	section(&b, "CLOSE_WAIT by process", "PROCESS", procs, 0)
 	if t.ProcessesUnreadable > 0 {
-		fmt.Fprintf(&b, "  (%d processes' open files could not be read)\n", t.ProcessesUnreadable)
+		if t.ProcessesUnreadable == 1 {
+			b.WriteString("  (1 process's open files could not be read)\n")
+		} else {
+			fmt.Fprintf(&b, "  (%d processes' open files could not be read)\n", t.ProcessesUnreadable)
+		}
 	}
 	return b.String()
 }

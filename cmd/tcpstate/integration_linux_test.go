@@ -40,7 +40,7 @@ var (
 	timeWaitAge = regexp.MustCompile(`(?m)^(TIME_WAIT +\d+ +\d+ +\d+  )\S+`)
 	portRow     = regexp.MustCompile(`(?m)^  \d+ +\d+$`)
 	// Processes of other users, readable or not as the host has them.
-	unreadable = regexp.MustCompile(`(?m)^  \(\d+ processes' open files could not be read\)\n`)
+	unreadable = regexp.MustCompile(`(?m)^  \(\d+ process(es)?'s? open files could not be read\)\n`)
 )
 
 func normalise(s string) string {
