@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/tcpstate/tcpstate_exporter/collector"
+	"github.com/tcpstate/tcpstate_exporter/internal/exportertest"
 	"github.com/tcpstate/tcpstate_exporter/internal/netnstest"
 	"github.com/tcpstate/tcpstate_exporter/internal/statezoo"
 	"github.com/tcpstate/tcpstate_exporter/termview"
@@ -181,3 +184,33 @@ var cmpSorted = cmp.Transformer("sort", func(in []string) []string {
 	}
 	return out
 })
+
+// TestIntegrationUnprivileged: with no capability, the command reads its
+// own namespace, and refuses another's in one line with status 1.
+func TestIntegrationUnprivileged(t *testing.T) {
+	_, path, _ := zoo(t, 1)
+	bin := exportertest.Build(t, "tcpstate", nil, "build", "./cmd/tcpstate")
+	nobody := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", bin}
+	var stdout, stderr strings.Builder
+	cmd := exec.Command(nobody[0], append(nobody[1:], "--json")...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("as nobody: %v\n%s", err, stderr.String())
+	}
+	var table termview.Table
+	if err := json.Unmarshal([]byte(stdout.String()), &table); err != nil || len(table.States) != collector.NumStates {
+		t.Fatalf("as nobody, not the table: %v\n%s", err, stdout.String())
+	}
+
+	stderr.Reset()
+	cmd = exec.Command(nobody[0], append(nobody[1:], "--netns="+path)...)
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("--netns as nobody: %v, want exit status 1\n%s", err, stderr.String())
+	}
+	if lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n"); len(lines) != 1 || !strings.Contains(lines[0], path) {
+		t.Errorf("--netns as nobody: stderr is not one line naming %s:\n%s", path, stderr.String())
+	}
+}
