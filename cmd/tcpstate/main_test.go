@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -66,5 +67,20 @@ func TestOwnNamespace(t *testing.T) {
 	}
 	if got, want := strings.Join(states, " "), "CLOSED LISTEN SYN_RCVD SYN_SEND ESTABLISHED FIN_WAIT_1 FIN_WAIT_2 TIME_WAIT CLOSING CLOSE_WAIT LAST_ACK"; got != want {
 		t.Errorf("states %q, want %q\n%s", got, want, stdout)
+	}
+}
+
+// TestHelp: --help names every flag with its default, and exits 0.
+func TestHelp(t *testing.T) {
+	bin := exportertest.Build(t, "tcpstate", nil, "build", "./cmd/tcpstate")
+	out, err := exec.Command(bin, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help: %v\n%s", err, out)
+	}
+	help := strings.Join(strings.Fields(string(out)), " ")
+	for _, want := range []string{"--netns", "--[no-]json", "--[no-]watch", `--interval="1s"`, "at least 100ms", "--top=5", "not available yet"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("--help does not say %q:\n%s", want, out)
+		}
 	}
 }
