@@ -207,6 +207,10 @@ func TestHandler(t *testing.T) {
 	if _, err := Handler(reg, reg, HTTPConfig{TelemetryPath: "metrics", Logger: logger}); err == nil {
 		t.Error("a telemetry path without a leading / was accepted")
 	}
+	api := NewAPI(fixed{sample()}, nil, APIConfig{})
+	if _, err := Handler(reg, reg, HTTPConfig{TelemetryPath: "/states", Logger: logger, API: api}); err == nil {
+		t.Error("a telemetry path that is the page's was accepted")
+	}
 }
 
 // TestLandingPageLinksAnswer fetches every link of the landing page, for

@@ -42,6 +42,11 @@ func Handler(g prometheus.Gatherer, reg prometheus.Registerer, cfg HTTPConfig) (
 	})))
 	links := []web.LandingLinks{{Address: cfg.TelemetryPath, Text: "Metrics"}}
 	if a := cfg.API; a != nil {
+		for _, p := range []string{"/states", "/api/v1/snapshot", "/api/v1/events"} {
+			if cfg.TelemetryPath == p {
+				return nil, fmt.Errorf("telemetry path %s is where the page or the JSON API is served", p)
+			}
+		}
 		mux.HandleFunc("/states", a.ServePage)
 		mux.HandleFunc("/api/v1/snapshot", a.ServeSnapshot)
 		mux.HandleFunc("/api/v1/events", a.ServeEvents)
