@@ -117,11 +117,13 @@ type Snapshot struct {
 	Transitions     [NumStates][NumStates]uint64 // transitions seen, [from][to]
 	Inconsistencies [NumInconsistencies]uint64   // dump inconsistencies corrected, by kind
 	Corrections     [NumCorrections]uint64       // what dumps corrected of the events' picture, by kind (precise mode)
+	Stays           Stays                        // completed stays since start, by state
 }
 
 // NamespaceResult is one network namespace's part of a poll.
 type NamespaceResult struct {
-	Name string
+	Name  string
+	Inode uint64 // the namespace's nsfs inode
 	// Time is when this namespace's last complete dump started.
 	Time time.Time
 	PollResult
@@ -289,6 +291,15 @@ func newPoller(cfg Config) *Poller {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	p := &Poller{cfg: cfg}
+	// Every completed stay goes into the snapshot too; the trackers call
+	// this on the goroutine that owns p.next.
+	hook := cfg.ObserveStay
+	p.cfg.ObserveStay = func(s State, d time.Duration) {
+		p.next.Stays.Observe(s, d)
+		if hook != nil {
+			hook(s, d)
+		}
+	}
 	for _, s := range cfg.AttributionStates {
 		if s < NumStates {
 			p.attrState[s] = true
@@ -320,7 +331,7 @@ func NewDiscoveringPoller(disc Discovery, cfg Config) *Poller {
 
 func (p *Poller) newTarget(ns Namespace, d Dumper, c DumpCloser) *target {
 	t := &target{ns: ns, dumper: d, closer: c, tracker: NewTracker(p.cfg.MaxTracked, p.cfg.ObserveStay)}
-	t.last.Name = ns.Name
+	t.last.Name, t.last.Inode = ns.Name, ns.ID
 	t.observe = func(s *netlinkdiag.Socket) error {
 		if !fromSocket(&t.batch[t.n], s, t.begun) {
 			t.unknown++

@@ -2,7 +2,6 @@ package exporter
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -301,14 +300,7 @@ func (e *Exporter) collectStates(gauge gaugeFunc, r collector.PollResult, netns 
 func (e *Exporter) collectPorts(gauge gaugeFunc, b collector.PortBreakdown) {
 	gauge(e.truncated, float64(b.Folded), "port")
 	for _, r := range b.Rows {
-		port := "none"
-		switch r.Kind {
-		case collector.PortListening:
-			port = strconv.Itoa(int(r.Port))
-		case collector.PortOther:
-			port = "other"
-		}
-		labels := []string{port}
+		labels := []string{portLabel(r)}
 		if e.perNetns {
 			labels = append(labels, r.Netns)
 		}
@@ -330,15 +322,7 @@ func (e *Exporter) collectProcesses(gauge gaugeFunc, a *collector.Attribution) {
 	gauge(e.attrTimestamp, unixSeconds(a.Time))
 	gauge(e.attrDenied, float64(a.Denied))
 	for _, r := range a.Rows {
-		name := r.Process
-		switch r.Kind {
-		case collector.ProcessOther:
-			name = "other"
-		case collector.ProcessNone:
-			name = "none"
-		case collector.ProcessUnknown:
-			name = "unknown"
-		}
+		name := processLabel(r)
 		for _, st := range collector.States() {
 			if n := r.Sockets[st]; n > 0 {
 				gauge(e.procSockets, float64(n), st.String(), name)

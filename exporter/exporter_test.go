@@ -207,6 +207,10 @@ func TestHandler(t *testing.T) {
 	if _, err := Handler(reg, reg, HTTPConfig{TelemetryPath: "metrics", Logger: logger}); err == nil {
 		t.Error("a telemetry path without a leading / was accepted")
 	}
+	api := NewAPI(fixed{sample()}, nil, APIConfig{})
+	if _, err := Handler(reg, reg, HTTPConfig{TelemetryPath: "/states", Logger: logger, API: api}); err == nil {
+		t.Error("a telemetry path that is the page's was accepted")
+	}
 }
 
 // TestLandingPageLinksAnswer fetches every link of the landing page, for
@@ -219,7 +223,8 @@ func TestLandingPageLinksAnswer(t *testing.T) {
 		t.Run(path, func(t *testing.T) {
 			reg := prometheus.NewPedanticRegistry()
 			reg.MustRegister(New(fixed{sample()}, NewHistograms()))
-			h, err := Handler(reg, reg, HTTPConfig{TelemetryPath: path, Timeout: time.Second, Version: "test", Logger: slog.New(slog.DiscardHandler)})
+			api := NewAPI(fixed{sample()}, nil, APIConfig{Mode: "poll", PollInterval: time.Second})
+			h, err := Handler(reg, reg, HTTPConfig{TelemetryPath: path, Timeout: time.Second, Version: "test", Logger: slog.New(slog.DiscardHandler), API: api})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -255,8 +260,10 @@ func TestLandingPageLinksAnswer(t *testing.T) {
 					t.Errorf("link %q: GET %s: %s", m[1], ref, resp.Status)
 				}
 			}
-			if !slices.Contains(linked, path) {
-				t.Errorf("the landing page links %q, not %s", linked, path)
+			for _, want := range []string{path, "/states", "/api/v1/snapshot"} {
+				if !slices.Contains(linked, want) {
+					t.Errorf("the landing page links %q, not %s", linked, want)
+				}
 			}
 		})
 	}

@@ -324,6 +324,12 @@ func serve(o *options, logger *slog.Logger) error {
 		exporterOpts = append(exporterOpts, exporter.WithAttribution(attributor))
 	}
 
+	var attribution exporter.AttributionSource
+	if attributor != nil {
+		attribution = attributor
+	}
+	api := exporter.NewAPI(poller, attribution, exporter.APIConfig{Mode: mode, PollInterval: interval})
+
 	reg := prometheus.NewRegistry()
 	exporterOpts = append(exporterOpts, exporter.WithMode(mode))
 	reg.MustRegister(
@@ -338,6 +344,7 @@ func serve(o *options, logger *slog.Logger) error {
 		Timeout:             10 * time.Second,
 		Version:             version.Info(),
 		Logger:              logger,
+		API:                 api,
 	})
 	if err != nil {
 		return err
@@ -374,6 +381,7 @@ func serve(o *options, logger *slog.Logger) error {
 	if attributor != nil {
 		background.Go(func() { attributor.Run(ctx) })
 	}
+	background.Go(func() { api.Run(ctx) })
 	served := make(chan error, 1)
 	go func() { served <- web.ListenAndServe(srv, o.web, logger) }()
 

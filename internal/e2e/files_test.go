@@ -118,7 +118,8 @@ func TestEveryGoBuildIsStatic(t *testing.T) {
 // TestCIRunsTheREADMETestCommand: the README's test command (its second
 // code block) is one line that .ci/run runs as it is, installs without
 // recommends (Debian's prometheus recommends prometheus-node-exporter),
-// and runs the tests of deploy/check, which go test ./... does not enter.
+// and runs the tests of deploy/check and internal/browsertest (with the
+// chromium it installs), which go test ./... does not enter.
 func TestCIRunsTheREADMETestCommand(t *testing.T) {
 	var blocks [][]string
 	var block []string
@@ -140,7 +141,7 @@ func TestCIRunsTheREADMETestCommand(t *testing.T) {
 		t.Fatalf("README's second code block is not one command: %q", blocks)
 	}
 	command := blocks[1][0]
-	for _, want := range []string{"apt-get install -y --no-install-recommends ", " gcc ", "go test -race ./...", "(cd deploy/check && go test ./...)"} {
+	for _, want := range []string{"apt-get install -y --no-install-recommends ", " gcc ", "go test -race ./...", "(cd deploy/check && go test ./...)", " chromium ", "(cd internal/browsertest && go test ./...)"} {
 		if !strings.Contains(command, want) {
 			t.Errorf("README's test command lacks %q: %s", want, command)
 		}
