@@ -262,6 +262,39 @@ func waitBriefly(r *recorder, match func(Event) bool) bool {
 	return false
 }
 
+// announced waits for the FIN_WAIT1->FIN_WAIT2 of the orphaned socket
+// cookie in the namespace at path, and reports whether it came. Now and
+// then the kernel makes that change, and the hand-over after it, without
+// the tracepoint firing at all (README, precise mode): announced reports
+// false when sock_diag has shown the socket past FIN_WAIT1 for half a
+// second with no event, and fails the test if neither happens in 10 s.
+func (r *recorder) announced(t *testing.T, path string, cookie uint64) bool {
+	t.Helper()
+	match := func(e Event) bool {
+		return e.Cookie == cookie && e.OldState == netlinkdiag.StateFinWait1 && e.NewState == netlinkdiag.StateFinWait2
+	}
+	var past time.Time
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if slices.ContainsFunc(r.snapshot(), match) {
+			return true
+		}
+		if state, ok := diagState(t, path, cookie); ok && state != netlinkdiag.StateFinWait1 && past.IsZero() {
+			past = time.Now()
+		}
+		if !past.IsZero() && time.Since(past) > 500*time.Millisecond {
+			t.Logf("known kernel gap: the orphan's FIN_WAIT1->FIN_WAIT2 (cookie %d) was not announced; sock_diag shows it past FIN_WAIT1", cookie)
+			return false
+		}
+	}
+	t.Fatalf("no FIN_WAIT1->FIN_WAIT2 of cookie %d within 10 s; the namespace's events:\n%s", cookie, formatEvents(r.snapshot()))
+	return false
+}
+
+// gapRetries is how many times a test runs again a connection whose
+// orphan's change the kernel did not announce: about one in 200 to 400
+// is not, so three in a row means something else.
+const gapRetries = 3
+
 // settle waits for anything still in flight, then returns all events.
 func (r *recorder) settle(interval time.Duration) []Event {
 	time.Sleep(3 * interval)
@@ -366,6 +399,7 @@ type connection struct {
 	listener, client, server *sock
 	laddr, caddr             netip.AddrPort
 	serverCookie             uint64
+	path                     string // its namespace
 }
 
 // connect opens a connection in the namespace at path, and writes a few
@@ -373,7 +407,7 @@ type connection struct {
 func connect(t *testing.T, path string, family, protocol int) *connection {
 	t.Helper()
 	socks := sockets(t, path, family, protocol, 2)
-	c := &connection{listener: socks[0], client: socks[1]}
+	c := &connection{listener: socks[0], client: socks[1], path: path}
 	if err := unix.Bind(c.listener.fd, sockaddr(netip.AddrPortFrom(loopback(family), 0))); err != nil {
 		t.Fatalf("bind: %v", err)
 	}
@@ -492,12 +526,21 @@ func TestIntegrationTransitions(t *testing.T) {
 		t.Run(fam.name, func(t *testing.T) {
 			path, netns := namespace(t)
 			rec := record(t, src, netns)
-			start := monotonic(t)
-
-			c := connect(t, path, fam.family, 0)
-			listener, client, server := c.listener.cookie(t), c.client.cookie(t), c.server.cookie(t)
-			c.client.close(t)
-			rec.waitFor(t, client, netlinkdiag.StateFinWait1, netlinkdiag.StateFinWait2)
+			var start int64
+			var c *connection
+			var listener, client, server uint64
+			for attempt := 1; ; attempt++ {
+				start = monotonic(t)
+				c = connect(t, path, fam.family, 0)
+				listener, client, server = c.listener.cookie(t), c.client.cookie(t), c.server.cookie(t)
+				c.client.close(t)
+				if rec.announced(t, path, client) {
+					break
+				}
+				if attempt == gapRetries {
+					t.Fatalf("the orphan's FIN_WAIT1->FIN_WAIT2 was not announced %d times in a row", attempt)
+				}
+			}
 			// Whether the orphaned client is still a full socket or
 			// already its timewait remnant (when its FIN_WAIT2->CLOSE
 			// came), sock_diag shows it in FIN_WAIT2 under its cookie.
@@ -553,6 +596,9 @@ func TestIntegrationTransitions(t *testing.T) {
 			if d := cmp.Diff(want, got); d != "" {
 				t.Errorf("state changes by socket (-want +got)\n%s\nevents:\n%s", d, formatEvents(evs))
 			}
+			// Only this connection's: a connection whose change the
+			// kernel did not announce came before.
+			evs = slices.DeleteFunc(evs, func(e Event) bool { return e.Cookie != listener && e.Cookie != client && e.Cookie != server })
 			checkTimes(t, evs, start, end)
 		})
 	}
@@ -614,6 +660,9 @@ func TestIntegrationReset(t *testing.T) {
 			if d := cmp.Diff(want, got); d != "" {
 				t.Errorf("state changes by socket (-want +got)\n%s\nevents:\n%s", d, formatEvents(evs))
 			}
+			// Only this connection's: a connection whose change the
+			// kernel did not announce came before.
+			evs = slices.DeleteFunc(evs, func(e Event) bool { return e.Cookie != listener && e.Cookie != client && e.Cookie != server })
 			checkTimes(t, evs, start, end)
 		})
 	}
@@ -1244,8 +1293,9 @@ func TestIntegrationCloseRemnants(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		// run closes the connection; the client's X->CLOSE must have
-		// come when it returns.
-		run func(t *testing.T, rec *recorder, c *connection)
+		// come when it returns true. It returns false when the kernel
+		// did not announce the change (see announced).
+		run func(t *testing.T, rec *recorder, c *connection) bool
 		// want is what the client's X->CLOSE says, and diag what
 		// sock_diag then shows of the client's cookie ("" for nothing).
 		want, diag string
@@ -1258,10 +1308,14 @@ func TestIntegrationCloseRemnants(t *testing.T) {
 		// orphan hands over to a remnant that waits in FIN_WAIT2,
 		// and turns into TIME_WAIT, silently, when the peer closes.
 		name: "orphan",
-		run: func(t *testing.T, rec *recorder, c *connection) {
+		run: func(t *testing.T, rec *recorder, c *connection) bool {
 			client := c.client.cookie(t)
 			c.client.close(t)
+			if !rec.announced(t, c.path, client) {
+				return false
+			}
 			rec.waitFor(t, client, netlinkdiag.StateFinWait2, netlinkdiag.StateClose)
+			return true
 		},
 		want: "remnant FIN_WAIT2", diag: "FIN_WAIT2",
 		after: func(t *testing.T, rec *recorder, c *connection) {
@@ -1274,34 +1328,37 @@ func TestIntegrationCloseRemnants(t *testing.T) {
 		// The client half-closes, so it stays a full socket in
 		// FIN_WAIT2, and the peer's FIN moves it to TIME_WAIT.
 		name: "half-close",
-		run: func(t *testing.T, rec *recorder, c *connection) {
+		run: func(t *testing.T, rec *recorder, c *connection) bool {
 			client := c.client.cookie(t)
 			halfClose(t, rec, c)
 			readEOF(t, c.server)
 			c.server.close(t)
 			rec.waitFor(t, client, netlinkdiag.StateFinWait2, netlinkdiag.StateClose)
+			return true
 		},
 		want: "remnant TIME_WAIT", diag: "TIME_WAIT",
 	}, {
 		// A half-closed client aborted (SO_LINGER 0) in FIN_WAIT2:
 		// gone, with sk_err still 0 at its change.
 		name: "abort in FIN_WAIT2",
-		run: func(t *testing.T, rec *recorder, c *connection) {
+		run: func(t *testing.T, rec *recorder, c *connection) bool {
 			client := c.client.cookie(t)
 			halfClose(t, rec, c)
 			linger0(t, c.client)
 			c.client.close(t)
 			rec.waitFor(t, client, netlinkdiag.StateFinWait2, netlinkdiag.StateClose)
+			return true
 		},
 		want: "gone",
 	}, {
 		// A reset from ESTABLISHED: gone.
 		name: "reset",
-		run: func(t *testing.T, rec *recorder, c *connection) {
+		run: func(t *testing.T, rec *recorder, c *connection) bool {
 			client := c.client.cookie(t)
 			linger0(t, c.client)
 			c.client.close(t)
 			rec.waitFor(t, client, netlinkdiag.StateEstablished, netlinkdiag.StateClose)
+			return true
 		},
 		want: "gone",
 	}} {
@@ -1309,10 +1366,19 @@ func TestIntegrationCloseRemnants(t *testing.T) {
 			t.Run(c.name+"/"+fam.name, func(t *testing.T) {
 				path, netns := namespace(t)
 				rec := record(t, src, netns)
-				conn := connect(t, path, fam.family, 0)
-				client := conn.client.cookie(t)
-				conn.serverCookie = conn.server.cookie(t)
-				c.run(t, rec, conn)
+				var conn *connection
+				var client uint64
+				for attempt := 1; ; attempt++ {
+					conn = connect(t, path, fam.family, 0)
+					client = conn.client.cookie(t)
+					conn.serverCookie = conn.server.cookie(t)
+					if c.run(t, rec, conn) {
+						break
+					}
+					if attempt == gapRetries {
+						t.Fatalf("the orphan's FIN_WAIT1->FIN_WAIT2 was not announced %d times in a row", attempt)
+					}
+				}
 				if got := closeOf(t, rec.snapshot(), client); got != c.want {
 					t.Errorf("client's X->CLOSE says %q, want %q\n%s", got, c.want, formatEvents(rec.snapshot()))
 				}

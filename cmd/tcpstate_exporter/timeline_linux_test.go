@@ -973,6 +973,20 @@ func TestIntegrationPreciseOrphanFinWait2(t *testing.T) {
 	requireTool(t, "ip")
 	t.Parallel()
 	eventlock.Exact(t)
+	// Now and then the kernel does not announce the orphan's FIN_WAIT1 ->
+	// FIN_WAIT2 and hand-over (README, precise mode): that is another
+	// test's; this one runs again, in a new namespace.
+	for attempt := 1; !testPreciseOrphanFinWait2(t); attempt++ {
+		if attempt == 3 {
+			t.Fatalf("the orphan's FIN_WAIT1 -> FIN_WAIT2 was not announced %d times in a row", attempt)
+		}
+	}
+}
+
+// testPreciseOrphanFinWait2 is TestIntegrationPreciseOrphanFinWait2 in a
+// namespace of its own. It reports false, having checked nothing, when the
+// kernel did not announce the orphan's change.
+func testPreciseOrphanFinWait2(t *testing.T) bool {
 	const interval = 2 * time.Second
 	name, path := netnstest.New(t)
 	r := startPrecise(t, name, path, interval)
@@ -1007,6 +1021,18 @@ func TestIntegrationPreciseOrphanFinWait2(t *testing.T) {
 	})
 	if p := m.Value("tcpstate_polls_total"); p != polls {
 		t.Fatalf("a dump came before the events were counted (%v dumps, %v before): the events alone are not tested", p, polls)
+	}
+	if m.Value("tcpstate_sockets", "family=ipv4", "state=FIN_WAIT_1") == 1 {
+		// The kernel has shown the client in FIN_WAIT2 (above), and every
+		// publish applies the events recorded before it: a second later,
+		// if the client is still in FIN_WAIT_1, its change never came.
+		time.Sleep(1500 * time.Millisecond)
+		again := r.scrape(t)
+		if again.Value("tcpstate_sockets", "family=ipv4", "state=FIN_WAIT_1") == 1 || again.Value("tcpstate_polls_total") != polls {
+			t.Logf("known kernel gap: the orphan's FIN_WAIT1 -> FIN_WAIT2 was not announced; again in a new namespace")
+			return false
+		}
+		m = again
 	}
 	if d := cmp.Diff(held, socketCounts(m)); d != "" {
 		t.Errorf("tcpstate_sockets from the events, before a dump (-want +got)\n%s", d)
@@ -1047,4 +1073,5 @@ func TestIntegrationPreciseOrphanFinWait2(t *testing.T) {
 		t.Errorf("FIN_WAIT_2 stays: %d, sum %.6fs; want 1 of %.6fs (the client's close to the server's) within 10 ms", count, sum, fw2)
 	}
 	checkNoLoss(t, m)
+	return true
 }
