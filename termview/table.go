@@ -17,8 +17,12 @@ type Table struct {
 	// command's own.
 	Netns string `json:"netns"`
 	// SinceSeconds is how long the view has been watching: 0 for a
-	// single dump.
+	// single dump, and for an exporter's view.
 	SinceSeconds float64 `json:"since_seconds"`
+	// Exporter says the table is a running exporter's view (--from): its
+	// rates are over its last minute, its stays since it started, and its
+	// ages as it knows them.
+	Exporter bool `json:"exporter"`
 	// States has one row per documented state, in the documented order.
 	States []StateRow `json:"states"`
 	// Total sums the states; its ages and stays are null.

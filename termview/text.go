@@ -9,10 +9,11 @@ import (
 )
 
 // Text renders the table as plain text, one line each, for a terminal 80
-// columns wide. Watching (SinceSeconds > 0) adds the rate and stay columns.
+// columns wide. Watching (SinceSeconds > 0), or an exporter's view, adds
+// the rate and stay columns.
 func (t Table) Text() string {
 	var b strings.Builder
-	watch := t.SinceSeconds > 0
+	watch := t.SinceSeconds > 0 || t.Exporter
 	head := fmt.Sprintf("%-12s %8s %8s %8s  %-8s", "STATE", "IPV4", "IPV6", "TOTAL", "OLDEST")
 	if watch {
 		head += fmt.Sprintf(" %7s %7s %8s %8s", "IN/S", "OUT/S", "STAY P50", "STAY P99")
@@ -36,9 +37,12 @@ func (t Table) Text() string {
 	if t.UnknownStates > 0 {
 		fmt.Fprintf(&b, "%-12s %26d  (kernel states with no documented name)\n", "UNKNOWN", t.UnknownStates)
 	}
-	if watch {
+	switch {
+	case t.Exporter:
+		fmt.Fprintf(&b, "\n%s transitions/s over the exporter's last minute; stays since it started\n", rateText(t.TransitionsPerSecond))
+	case watch:
 		fmt.Fprintf(&b, "\n%s transitions/s since start (%s ago)\n", rateText(t.TransitionsPerSecond), durationText(t.SinceSeconds))
-	} else {
+	default:
 		b.WriteString("\nOLDEST: TIME_WAIT's from the kernel's timer; one dump cannot date the others (--watch can).\n")
 	}
 

@@ -95,7 +95,7 @@ func TestIntegrationJSON(t *testing.T) {
 	for k := range fields {
 		keys = append(keys, k)
 	}
-	wantKeys := []string{"close_wait_ports", "close_wait_ports_omitted", "close_wait_processes", "netns", "processes_unreadable",
+	wantKeys := []string{"close_wait_ports", "close_wait_ports_omitted", "close_wait_processes", "exporter", "netns", "processes_unreadable",
 		"since_seconds", "states", "time", "total", "transitions_per_second", "unknown_state_sockets"}
 	if d := cmp.Diff(wantKeys, keys, cmpSorted); d != "" {
 		t.Errorf("top-level fields (-want +got)\n%s", d)
@@ -212,5 +212,49 @@ func TestIntegrationUnprivileged(t *testing.T) {
 	}
 	if lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n"); len(lines) != 1 || !strings.Contains(lines[0], path) {
 		t.Errorf("--netns as nobody: stderr is not one line naming %s:\n%s", path, stderr.String())
+	}
+}
+
+// TestIntegrationFrom: --from shows a running exporter's view of a zoo
+// through its JSON API: the kernel's counts, with the exporter's rates,
+// as JSON and as the text table.
+func TestIntegrationFrom(t *testing.T) {
+	name, _, want := zoo(t, 2)
+	p := exportertest.Start(t, "--netns="+name, "--mode=poll", "--poll.interval=100ms")
+	code, stdout, stderr := runTool(t, "--from="+p.URL, "--json")
+	if code != 0 {
+		t.Fatalf("exit code %d\n%s", code, stderr)
+	}
+	var table termview.Table
+	if err := json.Unmarshal([]byte(stdout), &table); err != nil {
+		t.Fatal(err)
+	}
+	if !table.Exporter || table.Netns != p.URL || table.TransitionsPerSecond == nil || time.Since(table.Time) > time.Minute {
+		t.Errorf("netns %q, transitions/s %v, time %v; want %q, the exporter's rate, its last poll's time", table.Netns, table.TransitionsPerSecond, table.Time, p.URL)
+	}
+	if len(table.States) != collector.NumStates {
+		t.Fatalf("%d states, want %d", len(table.States), collector.NumStates)
+	}
+	for i, st := range collector.States() {
+		r := table.States[i]
+		if r.State != st.String() || r.IPv4 != want["ipv4"][r.State] || r.IPv6 != want["ipv6"][r.State] || r.Total != r.IPv4+r.IPv6 {
+			t.Errorf("states[%d]: %s ipv4 %d ipv6 %d total %d; the kernel holds %s ipv4 %d ipv6 %d",
+				i, r.State, r.IPv4, r.IPv6, r.Total, st, want["ipv4"][st.String()], want["ipv6"][st.String()])
+		}
+		if r.EnteredPerSecond == nil || r.LeftPerSecond == nil {
+			t.Errorf("%s has no rates", r.State)
+		}
+	}
+	if len(table.Ports) != 2 {
+		t.Errorf("close_wait_ports %+v, want the zoo's two listeners", table.Ports)
+	}
+	code, stdout, stderr = runTool(t, "--from="+p.URL)
+	if code != 0 {
+		t.Fatalf("exit code %d\n%s", code, stderr)
+	}
+	cw := want["ipv4"]["CLOSE_WAIT"] + want["ipv6"]["CLOSE_WAIT"]
+	if !regexp.MustCompile(fmt.Sprintf(`(?m)^CLOSE_WAIT +%d +%d +%d `, want["ipv4"]["CLOSE_WAIT"], want["ipv6"]["CLOSE_WAIT"], cw)).MatchString(stdout) ||
+		!strings.Contains(stdout, "IN/S") || !strings.Contains(stdout, "over the exporter's last minute") {
+		t.Errorf("the text table lacks the zoo's CLOSE_WAIT row, or the exporter's rates:\n%s", stdout)
 	}
 }

@@ -45,6 +45,8 @@ type options struct {
 	watch    bool
 	interval time.Duration
 	top      int
+	from     string // an exporter's snapshot URL; "" to read the kernel
+	fromFlag string // --from as given
 }
 
 // usageError is a flag or a combination of flags that cannot work: exit 2.
@@ -59,9 +61,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	app.Flag("netns", "Read this network namespace instead of our own: a name under /run/netns or a path such as /proc/PID/ns/net; or \"all\" for every network namespace on the host. Needs CAP_SYS_ADMIN (and CAP_SYS_PTRACE for all).").Default("").StringVar(&o.netns)
 	app.Flag("json", "Print the table once as JSON, with stable field names, instead of text.").BoolVar(&o.json)
 	app.Flag("watch", "Keep the table live in the terminal, refreshed every --interval, with transitions per second and stay percentiles since start; q quits.").BoolVar(&o.watch)
-	interval := app.Flag("interval", "With --watch, how often to read the kernel: at least 100ms, such as 1s or 500ms.").Default("1s").String()
+	interval := app.Flag("interval", "With --watch, how often to read the kernel (or the exporter): at least 100ms, such as 1s or 500ms.").Default("1s").String()
 	app.Flag("top", "How many service ports and processes holding CLOSE_WAIT sockets to name.").Default("5").IntVar(&o.top)
-	from := app.Flag("from", "Show a running exporter's view, such as http://HOST:9965 (not available yet).").String()
+	from := app.Flag("from", "Show a running tcpstate_exporter's view through its JSON API instead of reading the kernel, such as http://HOST:9965: its counts, ages and stays (exact in precise mode) and its transition rates over the last minute.").String()
 	if _, err := app.Parse(args); err != nil {
 		return nil, err
 	}
@@ -69,9 +71,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.interval, err = time.ParseDuration(*interval); err != nil {
 		return nil, fmt.Errorf("--interval=%s: not a duration such as 1s or 500ms", *interval)
 	}
+	if *from != "" {
+		o.fromFlag = *from
+		if o.from, err = parseFrom(*from); err != nil {
+			return nil, err
+		}
+	}
 	switch {
-	case *from != "":
-		return nil, fmt.Errorf("--from=%s: reading a running exporter is not available yet (the exporter's JSON API is still to come); run without --from to read the kernel", *from)
+	case o.from != "" && o.netns != "":
+		return nil, errors.New("--from and --netns do not go together: the exporter shows what it observes")
 	case o.interval < 100*time.Millisecond:
 		return nil, fmt.Errorf("--interval=%v: must be at least 100ms", o.interval)
 	case o.top < 0:
@@ -164,6 +172,9 @@ func (r *reader) first(ctx context.Context) (termview.Table, error) {
 }
 
 func show(o *options, stdout io.Writer) error {
+	if o.from != "" {
+		return showRemote(o, stdout)
+	}
 	r, err := open(o)
 	if err != nil {
 		return err
@@ -175,14 +186,34 @@ func show(o *options, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case o.watch:
-		return watch(ctx, o, r, table)
-	case o.json:
+	if o.watch {
+		return watch(ctx, o, newWatcher(ctx, o.interval, r, table), table)
+	}
+	return output(o, stdout, table)
+}
+
+// showRemote is show for --from.
+func showRemote(o *options, stdout io.Writer) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	rem := newRemote(o.fromFlag, o.from, o.top, max(o.interval, 5*time.Second))
+	table, err := rem.table(ctx)
+	if err != nil {
+		return err
+	}
+	if o.watch {
+		return watch(ctx, o, newRemoteWatcher(ctx, o.interval, rem), table)
+	}
+	return output(o, stdout, table)
+}
+
+// output writes the table once, as JSON or text.
+func output(o *options, stdout io.Writer, table termview.Table) error {
+	if o.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(table)
 	}
-	_, err = io.WriteString(stdout, table.Text())
+	_, err := io.WriteString(stdout, table.Text())
 	return err
 }

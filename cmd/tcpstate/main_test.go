@@ -32,7 +32,10 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"--top=-1"}, 2, "--top=-1"},
 		{[]string{"--top=many"}, 2, "many"},
 		{[]string{"--json", "--watch"}, 2, "do not go together"},
-		{[]string{"--from=http://127.0.0.1:9965"}, 2, "not available yet"},
+		{[]string{"--from=127.0.0.1:9965"}, 2, "want an exporter's URL"},
+		{[]string{"--from=ftp://127.0.0.1:9965"}, 2, "want an exporter's URL"},
+		{[]string{"--from=http://127.0.0.1:9965", "--netns=x"}, 2, "do not go together"},
+		{[]string{"--from=http://127.0.0.1:1"}, 1, "cannot be reached"},
 		{[]string{"extra"}, 2, "extra"},
 		{[]string{"--netns=/nonexistent/netns"}, 1, "/nonexistent/netns"},
 		{[]string{"--netns=tcpstate-no-such-namespace"}, 1, "tcpstate-no-such-namespace"},
@@ -78,7 +81,7 @@ func TestHelp(t *testing.T) {
 		t.Fatalf("--help: %v\n%s", err, out)
 	}
 	help := strings.Join(strings.Fields(string(out)), " ")
-	for _, want := range []string{"--netns", "--[no-]json", "--[no-]watch", `--interval="1s"`, "at least 100ms", "--top=5", "not available yet"} {
+	for _, want := range []string{"--netns", "--[no-]json", "--[no-]watch", `--interval="1s"`, "at least 100ms", "--top=5", "--from=FROM", "JSON API"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help does not say %q:\n%s", want, out)
 		}

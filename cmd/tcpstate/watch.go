@@ -29,7 +29,8 @@ type watcher struct {
 	ctx      context.Context
 	r        *reader
 	interval time.Duration
-	mu       sync.Mutex // held while a poll runs
+	refresh  func() polled // w.poll, or a read of an exporter
+	mu       sync.Mutex    // held while a poll runs
 	attr     *collector.Attribution
 	attrAt   time.Time
 	attrCW   int // CLOSE_WAIT sockets at the last attribution
@@ -37,8 +38,22 @@ type watcher struct {
 
 // newWatcher returns the watcher of r, whose first table is first.
 func newWatcher(ctx context.Context, interval time.Duration, r *reader, first termview.Table) *watcher {
-	return &watcher{ctx: ctx, r: r, interval: interval, attr: r.attributor.Snapshot(),
+	w := &watcher{ctx: ctx, r: r, interval: interval, attr: r.attributor.Snapshot(),
 		attrAt: time.Now(), attrCW: first.States[collector.CloseWait].Total}
+	w.refresh = w.poll
+	return w
+}
+
+// newRemoteWatcher returns the watcher of an exporter's view.
+func newRemoteWatcher(ctx context.Context, interval time.Duration, rem *remote) *watcher {
+	// The closure reads w.ctx, which watch replaces with one it cancels.
+	w := &watcher{ctx: ctx, interval: interval}
+	w.refresh = func() polled {
+		at := time.Now()
+		t, err := rem.table(w.ctx)
+		return polled{table: t, err: err, at: at}
+	}
+	return w
 }
 
 // polled is a poll's outcome.
@@ -66,7 +81,7 @@ func (w *watcher) poll() polled {
 }
 
 func (w *watcher) next(after time.Time) tea.Cmd {
-	return tea.Tick(max(time.Until(after.Add(w.interval)), 0), func(time.Time) tea.Msg { return w.poll() })
+	return tea.Tick(max(time.Until(after.Add(w.interval)), 0), func(time.Time) tea.Msg { return w.refresh() })
 }
 
 // screen is the bubbletea model of --watch.
@@ -132,13 +147,16 @@ func (s screen) View() tea.View {
 }
 
 // watch runs the live view until q, ctrl+c or a signal.
-func watch(ctx context.Context, o *options, r *reader, first termview.Table) error {
+func watch(ctx context.Context, o *options, w *watcher, first termview.Table) error {
 	ctx, cancel := context.WithCancel(ctx)
-	w := newWatcher(ctx, o.interval, r, first)
+	w.ctx = ctx
 	ns := o.netns
-	if ns == "" {
+	switch {
+	case o.from != "":
+		ns = "exporter " + o.fromFlag
+	case ns == "":
 		ns = "own network namespace"
-	} else {
+	default:
 		ns = "--netns=" + ns
 	}
 	title := fmt.Sprintf("tcpstate · %s · every %v", ns, o.interval)
