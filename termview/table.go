@@ -59,7 +59,8 @@ type StateRow struct {
 	LeftPerSecond    *float64 `json:"left_per_second"`
 	// Stays counts the completed stays in the state seen since the view
 	// started (entry and exit both seen); StayMedianSeconds and
-	// StayP99Seconds are their percentiles, null when there are none.
+	// StayP99Seconds are their percentiles (to within 9%, from the
+	// snapshot's log-bucketed stays), null when there are none.
 	Stays             int      `json:"stays"`
 	StayMedianSeconds *float64 `json:"stay_median_seconds"`
 	StayP99Seconds    *float64 `json:"stay_p99_seconds"`
@@ -107,8 +108,6 @@ type Options struct {
 	Interval time.Duration
 	// Top is how many ports and processes to name.
 	Top int
-	// Stays, if set, holds the stays seen since the view started.
-	Stays *Stays
 }
 
 // View turns successive snapshots of one Poller into tables, measuring
@@ -162,8 +161,9 @@ func (v *View) Table(snap *collector.Snapshot, attr *collector.Attribution) Tabl
 			r.EnteredPerSecond = rate(in, since)
 			r.LeftPerSecond = rate(out, since)
 		}
-		if v.opts.Stays != nil {
-			r.Stays, r.StayMedianSeconds, r.StayP99Seconds = v.opts.Stays.Percentiles(st)
+		if n := snap.Stays.Count[st]; n > 0 {
+			r.Stays = int(n)
+			r.StayMedianSeconds, r.StayP99Seconds = quantile(&snap.Stays, st, 0.5), quantile(&snap.Stays, st, 0.99)
 		}
 		t.Total.IPv4 += r.IPv4
 		t.Total.IPv6 += r.IPv6
@@ -200,6 +200,17 @@ func (v *View) age(st collector.State, n int, oldest, since time.Duration) *Age 
 		return &Age{Seconds: since.Seconds(), AtLeast: true}
 	}
 	return &Age{Seconds: oldest.Seconds()}
+}
+
+// quantile is the q-quantile of the stays in st, in seconds (within 9%:
+// see collector.Stays), nil if there are none.
+func quantile(s *collector.Stays, st collector.State, q float64) *float64 {
+	d, ok := s.Quantile(st, q)
+	if !ok {
+		return nil
+	}
+	v := d.Seconds()
+	return &v
 }
 
 func rate(n uint64, d time.Duration) *float64 {

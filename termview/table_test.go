@@ -2,6 +2,7 @@ package termview
 
 import (
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -60,24 +61,23 @@ func TestAges(t *testing.T) {
 	}
 }
 
+// TestStays: the stays come from the snapshot's, since the view started,
+// as median and 99th percentile; a state with none has nulls.
 func TestStays(t *testing.T) {
-	s := NewStays()
+	first := &collector.Snapshot{Time: time.Now()}
+	snap := &collector.Snapshot{Time: first.Time.Add(time.Second)}
 	for i := 1; i <= 100; i++ {
-		s.Observe(collector.CloseWait, time.Duration(i)*time.Second)
+		snap.Stays.Observe(collector.CloseWait, time.Duration(i)*time.Second)
 	}
-	s.Observe(collector.State(200), time.Second) // ignored, not a panic
-	n, p50, p99 := s.Percentiles(collector.CloseWait)
-	if d := cmp.Diff([]any{100, f(50), f(99)}, []any{n, p50, p99}); d != "" {
-		t.Errorf("(-want +got)\n%s", d)
+	v := NewView(Options{Top: 5})
+	v.Table(first, nil)
+	r := v.Table(snap, nil).States[collector.CloseWait]
+	if r.Stays != 100 || r.StayMedianSeconds == nil || r.StayP99Seconds == nil ||
+		math.Abs(*r.StayMedianSeconds/50-1) > 0.09 || math.Abs(*r.StayP99Seconds/99-1) > 0.09 {
+		t.Errorf("CLOSE_WAIT: %d stays, median %v, p99 %v; want 100, 50s and 99s within 9%%", r.Stays, r.StayMedianSeconds, r.StayP99Seconds)
 	}
-	if n, p50, p99 := s.Percentiles(collector.Listen); n != 0 || p50 != nil || p99 != nil {
-		t.Errorf("no stays gave %d %v %v", n, p50, p99)
-	}
-	for range 3 * staysKept {
-		s.Observe(collector.Listen, time.Second)
-	}
-	if n, p50, _ := s.Percentiles(collector.Listen); n != 3*staysKept || *p50 != 1 || len(s.kept[collector.Listen]) != staysKept {
-		t.Errorf("past the bound: %d seen, median %v, %d kept", n, *p50, len(s.kept[collector.Listen]))
+	if l := v.Table(snap, nil).States[collector.Listen]; l.Stays != 0 || l.StayMedianSeconds != nil || l.StayP99Seconds != nil {
+		t.Errorf("LISTEN, with no stays: %d, %v, %v", l.Stays, l.StayMedianSeconds, l.StayP99Seconds)
 	}
 }
 

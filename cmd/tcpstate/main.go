@@ -144,13 +144,11 @@ type reader struct {
 }
 
 func open(o *options) (*reader, error) {
-	stays := termview.NewStays()
 	poller, closePoller, err := newPoller(o.netns, collector.Config{
 		Interval:          o.interval,
 		MaxTracked:        1 << 20,
 		PortTop:           1 << 16, // every port: the view ranks them by CLOSE_WAIT
 		AttributionStates: []collector.State{collector.CloseWait},
-		ObserveStay:       stays.Observe,
 	})
 	if err != nil {
 		return nil, err
@@ -158,7 +156,7 @@ func open(o *options) (*reader, error) {
 	return &reader{
 		poller:     poller,
 		attributor: collector.NewAttributor(poller, collector.AttributionConfig{Interval: attributeEvery, Top: o.top}),
-		view:       termview.NewView(termview.Options{Netns: o.netns, Interval: o.interval, Top: o.top, Stays: stays}),
+		view:       termview.NewView(termview.Options{Netns: o.netns, Interval: o.interval, Top: o.top}),
 		close:      closePoller,
 	}, nil
 }
