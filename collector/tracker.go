@@ -296,6 +296,12 @@ func (t *Tracker) observe(o *Observation) bool {
 			return true
 		}
 	}
+	if s == nil && t.events && st == TimeWait && o.TimeWaitEnd != 0 && o.TimeWaitEnd-t.epoch <= t.now {
+		// A remnant whose timer has run out, which the kernel has not
+		// reaped yet (its 60 s timer fires a few seconds late at times):
+		// the tracker ended it on time. Left out, like a repeat.
+		return false
+	}
 	var e entry
 	if s != nil {
 		e = s.entry()

@@ -751,3 +751,23 @@ func TestTrackerRefreshIndexIsKeptAndShrinks(t *testing.T) {
 		t.Errorf("tracked %d, timer heap capacity %d after the remnants ended (peak %d)", res.Tracked, cap(tr.ends), peak)
 	}
 }
+
+// TestTrackerOverdueRemnantAfterItsEvents: in precise mode the tracker ends
+// a TIME_WAIT remnant when its 60 s timer runs out; the kernel reaps it a
+// few seconds late at times, and a dump in between, reporting it with its
+// timer at 0, must neither bring it back nor count a correction.
+func TestTrackerOverdueRemnantAfterItsEvents(t *testing.T) {
+	sc := newScript(t, 100)
+	sc.poll(0)
+	tr, _ := KernelTransition{At: sc.epoch + int64(time.Second), Cookie: 7, Family: unix.AF_INET, Old: kFinWait2, New: netlinkdiag.StateClose,
+		FinReceived: true}.Transition()
+	sc.tr.Apply(tr)
+	if res := sc.tr.Refresh(sc.epoch + int64(62*time.Second)); res.Sockets[IPv4][TimeWait] != 0 {
+		t.Fatalf("TIME_WAIT at 62 s, its timer out at 61 s: %v", res.Sockets[IPv4])
+	}
+	res := sc.poll(63*time.Second, sock{cookie: 7, kstate: kTimeWait, timer: netlinkdiag.TimerTimeWait, expires: 0})
+	if res.Sockets[IPv4][TimeWait] != 0 || res.Corrections != [NumCorrections]int{} || res.Tracked != 0 {
+		t.Errorf("a dump with the overdue remnant: sockets %v, corrections %v, tracked %d; want none", res.Sockets[IPv4], res.Corrections, res.Tracked)
+	}
+	sc.wantTransitions(map[[2]State]uint64{{FinWait2, TimeWait}: 1, {TimeWait, Closed}: 1})
+}
