@@ -434,3 +434,55 @@ func (c *conn) recvmsg(fd uintptr) bool {
 		return true
 	}
 }
+
+// portSettings reads the port sysctls in c's namespace.
+func (c *conn) portSettings() (PortSettings, error) {
+	if c.closed {
+		return PortSettings{}, fmt.Errorf("netlinkdiag: read sysctls on a closed Conn: %w", net.ErrClosed)
+	}
+	files := make(map[string]string, 5)
+	read := func() error {
+		for _, name := range []string{sysctlPortRange, sysctlReserved, sysctlTWReuse, sysctlTWReuseDelay, sysctlTimestamps} {
+			b, err := os.ReadFile("/proc/sys/" + name)
+			if err != nil {
+				if name == sysctlTWReuseDelay && errors.Is(err, os.ErrNotExist) {
+					continue // before Linux 6.13: a fixed second
+				}
+				return fmt.Errorf("netlinkdiag: read sysctl: %w", err)
+			}
+			files[name] = string(b)
+		}
+		return nil
+	}
+	var err error
+	if c.path != "" {
+		err = do(c.path, read)
+	} else {
+		err = c.inOwn(read)
+	}
+	if err != nil {
+		return PortSettings{}, err
+	}
+	return parsePortSettings(files)
+}
+
+// inOwn runs fn in the namespace a Conn for the caller's namespace was
+// dialled in: on this thread if it is there (which needs no privilege),
+// else switched into it.
+func (c *conn) inOwn(fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	here, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("netlinkdiag: open own network namespace: %w", err)
+	}
+	id, err := identify(here)
+	here.Close()
+	if err != nil {
+		return fmt.Errorf("netlinkdiag: stat own network namespace: %w", err)
+	}
+	if id == c.ns || !c.self.IsOpen() {
+		return fn()
+	}
+	return doIn("of the dialling thread", c.self, fn)
+}
