@@ -102,9 +102,15 @@ type remoteTally struct {
 	late    bool                 // a listener came after sockets on its port
 }
 
+// remoteStat is one remote endpoint's tally. The ports held from the
+// first local address seen toward it are counted here; only those from
+// any other local address take a pairs entry, which most endpoints never
+// need.
 type remoteStat struct {
 	remote  netip.AddrPort
 	sockets [NumStates]int32
+	local   netip.Addr // the first local address holding a port toward remote
+	held    int32      // ports held from local
 }
 
 type localRemote struct {
@@ -116,7 +122,7 @@ type remoteSeen struct {
 	port   uint16
 	state  State
 	remote int32
-	pair   int32 // -1 when the socket holds no port
+	pair   int32 // a pairs index; -1 when the socket holds no port, -2 when counted in its remoteStat
 }
 
 func (r *remoteTally) reset() {
@@ -146,10 +152,21 @@ func (r *remoteTally) add(local, remote netip.AddrPort, st State, held bool) {
 		r.index[remote] = i
 		r.stats = append(r.stats, remoteStat{remote: remote})
 	}
-	r.stats[i].sockets[st]++
+	rs := &r.stats[i]
+	rs.sockets[st]++
 	pair := int32(-1)
 	if held {
-		k := localRemote{local.Addr().Unmap(), i}
+		addr := local.Addr().Unmap()
+		if !rs.local.IsValid() {
+			rs.local = addr
+		}
+		if addr == rs.local {
+			rs.held++
+			set(&r.counted, local.Port())
+			r.seen = append(r.seen, remoteSeen{local.Port(), st, i, -2})
+			return
+		}
+		k := localRemote{addr, i}
 		j, ok := r.pairs[k]
 		if !ok {
 			j = int32(len(r.held))
@@ -171,13 +188,19 @@ func (r *remoteTally) rows(netns string, listen *[1 << 16 / 64]uint64, ports int
 		for _, x := range r.seen {
 			if has(listen, x.port) {
 				r.stats[x.remote].sockets[x.state]--
-				if x.pair >= 0 {
+				switch {
+				case x.pair == -2:
+					r.stats[x.remote].held--
+				case x.pair >= 0:
 					r.held[x.pair]--
 				}
 			}
 		}
 	}
 	most := make([]int32, len(r.stats))
+	for i, s := range r.stats {
+		most[i] = s.held
+	}
 	for k, j := range r.pairs {
 		most[k.remote] = max(most[k.remote], r.held[j])
 	}
