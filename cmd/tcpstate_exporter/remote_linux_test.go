@@ -131,6 +131,7 @@ func TestIntegrationRemote(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name, reuse string
+		mode        []string // the default: poll mode, every 200ms
 		top         int
 		sockets     map[string]float64
 		ratios      map[string]float64
@@ -157,11 +158,21 @@ func TestIntegrationRemote(t *testing.T) {
 		name: "reuse=1", reuse: "1", top: 20,
 		sockets: all,
 		ratios:  map[string]float64{"127.0.0.1:7001": 0.005, "127.0.0.2:7002": 0.003, "10.99.0.1:7004": 0.001, "[::1]:7003": 0.002},
+	}, {
+		// Precise mode: the breakdown comes from the reconciling dumps.
+		name: "precise, reuse=2", reuse: "2", top: 20,
+		mode:    []string{"--mode=precise", "--precise.dump-interval=1s"},
+		sockets: all,
+		ratios:  map[string]float64{"127.0.0.1:7001": 0.005, "127.0.0.2:7002": 0.003, "10.99.0.1:7004": 0.011, "[::1]:7003": 0.002},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			name, path := netnstest.New(t)
 			buildRemotes(t, name, path, tc.reuse)
-			p := exportertest.Start(t, "--netns="+name, "--mode=poll", "--poll.interval=200ms", fmt.Sprintf("--remote.top=%d", tc.top))
+			mode := tc.mode
+			if mode == nil {
+				mode = []string{"--mode=poll", "--poll.interval=200ms"}
+			}
+			p := exportertest.Start(t, append(mode, "--netns="+name, fmt.Sprintf("--remote.top=%d", tc.top))...)
 			// TIME_WAIT sockets become reusable a second
 			// (tcp_tw_reuse_delay) after they entered it.
 			m, ok := eventually(t, p.URL+"/metrics", 10*time.Second, func(m exportertest.Metrics) bool {
