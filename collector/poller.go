@@ -104,6 +104,8 @@ type Snapshot struct {
 	Namespaces []NamespaceResult
 	// Ports is the per-service-port breakdown.
 	Ports PortBreakdown
+	// Remotes is the client side by remote endpoint.
+	Remotes RemoteBreakdown
 
 	// Inodes holds the socket inodes (0 for sockets with no owner) of the
 	// sockets in the attribution states, as of the same dumps.
@@ -168,6 +170,9 @@ type Config struct {
 	// PortTop is how many listening ports the port breakdown names; the
 	// rest are summed.
 	PortTop int
+	// RemoteTop is how many remote endpoints the remote breakdown names;
+	// the rest are summed.
+	RemoteTop int
 	// AttributionStates are the states whose sockets' inodes are kept for
 	// process attribution.
 	AttributionStates []State
@@ -212,6 +217,13 @@ type target struct {
 	lastErr string
 	observe func(*netlinkdiag.Socket) error
 
+	remote  remoteTally
+	remotes []RemoteCount // last complete dump's remote rows
+	// settings are the namespace's port sysctls as read before the
+	// current dump; nil when they could not be read.
+	settings   *netlinkdiag.PortSettings
+	settingsAt netlinkdiag.PortSettings
+
 	// remnants holds the cookies of connections whose socket handed over
 	// to a timewait remnant in FIN_WAIT2, by their ends, until the peer's
 	// change or a dump shows what became of them.
@@ -242,12 +254,13 @@ type closingEnd struct {
 }
 
 // socketExtra is what the poller keeps of a socket besides the tracker's
-// observation: what the port breakdown and attribution need.
+// observation: what the port and remote breakdowns and attribution need.
 type socketExtra struct {
-	port  uint16
-	rq    uint32
-	wq    uint32
-	inode uint32
+	src, dst netip.AddrPort
+	rq       uint32
+	wq       uint32
+	inode    uint32
+	tw       uint32 // milliseconds left in TIME_WAIT
 }
 
 // Poller polls one namespace, or every namespace a Discovery finds, into
@@ -337,7 +350,11 @@ func (p *Poller) newTarget(ns Namespace, d Dumper, c DumpCloser) *target {
 			t.unknown++
 			return nil
 		}
-		t.extra[t.n] = socketExtra{port: s.Src.Port(), rq: s.RQueue, wq: s.WQueue, inode: s.Inode}
+		x := &t.extra[t.n]
+		x.src, x.dst, x.rq, x.wq, x.inode, x.tw = s.Src, s.Dst, s.RQueue, s.WQueue, s.Inode, 0
+		if s.Timer == netlinkdiag.TimerTimeWait {
+			x.tw = s.Expires
+		}
 		t.n++
 		if t.n == len(t.batch) {
 			p.flush(t)
@@ -376,7 +393,15 @@ func (p *Poller) flush(t *target) {
 			continue
 		}
 		st, x := t.batch[i].State, &t.extra[i]
-		t.ports.add(x.port, st, x.rq, x.wq)
+		port := x.src.Port()
+		t.ports.add(port, st, x.rq, x.wq)
+		switch {
+		case st == Listen:
+			t.remote.listen(port)
+		case !has(&t.ports.listen, port):
+			held := PortHeld(st, x.src.Addr(), x.dst.Addr(), time.Duration(x.tw)*time.Millisecond, t.settings)
+			t.remote.add(x.src, x.dst, st, held)
+		}
 		if p.attrState[st] {
 			t.pending = append(t.pending, InodeState{x.inode, st})
 		}
@@ -544,6 +569,8 @@ func (p *Poller) pollTarget(ctx context.Context, t *target) error {
 	t.pending = t.pending[:0]
 	t.unknown, t.n = 0, 0
 	t.ports.reset()
+	t.remote.reset()
+	p.readSettings(t)
 	t.tracker.SetMax(p.budget(t))
 	t.tracker.Begin(t.begun)
 	err := t.dumper.DumpTCP(ctx, netlinkdiag.Request{}, t.observe)
@@ -566,6 +593,11 @@ func (p *Poller) pollTarget(ctx context.Context, t *target) error {
 		t.last.Time, t.last.PollResult = wall, res
 		t.last.Took = p.cfg.Now().Sub(wall)
 		t.rows = t.ports.rows(t.ns.Name)
+		ports := 0
+		if t.settings != nil {
+			ports = t.settings.Ports()
+		}
+		t.remotes = t.remote.rows(t.ns.Name, &t.ports.listen, ports)
 		t.inodes, t.pending = t.pending, t.inodes
 		t.pruneRemnants()
 	} else {
@@ -591,6 +623,31 @@ func (p *Poller) pollTarget(ctx context.Context, t *target) error {
 	}
 	p.logTransition(t, err)
 	return err
+}
+
+// portConfigured is a Dumper that can read its namespace's port sysctls;
+// *netlinkdiag.Conn is one.
+type portConfigured interface {
+	PortSettings() (netlinkdiag.PortSettings, error)
+}
+
+// readSettings reads t's namespace's port sysctls for the dump about to
+// start. Failing to is not a failure of the poll: the remote breakdown
+// goes without the size of the range, and counts every TIME_WAIT socket
+// as holding its port.
+func (p *Poller) readSettings(t *target) {
+	t.settings = nil
+	c, ok := t.dumper.(portConfigured)
+	if !ok {
+		return
+	}
+	ps, err := c.PortSettings()
+	if err != nil {
+		p.cfg.Logger.Debug("cannot read the local port sysctls", "netns", t.ns.Name, "err", err)
+		return
+	}
+	t.settingsAt = ps
+	t.settings = &t.settingsAt
 }
 
 // budget is how many sockets t's tracker may hold: the global bound less
@@ -673,6 +730,7 @@ func (p *Poller) assemble() {
 	var sum PollResult
 	var oldest time.Time
 	var rows []PortCount
+	var remotes []RemoteCount
 	var nss []NamespaceResult
 	var inodes []InodeState
 	for _, t := range p.targets {
@@ -698,6 +756,7 @@ func (p *Poller) assemble() {
 			oldest = t.last.Time
 		}
 		rows = append(rows, t.rows...)
+		remotes = append(remotes, t.remotes...)
 		inodes = append(inodes, t.inodes...)
 		if p.discovery != nil {
 			nss = append(nss, t.last)
@@ -705,6 +764,7 @@ func (p *Poller) assemble() {
 	}
 	p.next.PollResult, p.next.Time, p.next.Namespaces, p.next.Inodes = sum, oldest, nss, inodes
 	p.next.Ports = topPorts(rows, p.cfg.PortTop)
+	p.next.Remotes = topRemotes(remotes, p.cfg.RemoteTop)
 }
 
 // logTransition logs a namespace's failure when it starts or changes and
@@ -858,8 +918,8 @@ func (p *Poller) eventTarget(ino uint64) *target {
 // Publish publishes what events have changed since the last poll or
 // Publish, as of now: counts and ages as the trackers hold them (TIME_WAIT
 // remnants whose timer ran out gone), transitions as counted. The port
-// breakdown and attribution stay those of the last complete poll. Like
-// Poll, it must run on the goroutine that owns the Poller.
+// and remote breakdowns and attribution stay those of the last complete
+// dump. Like Poll, it must run on the goroutine that owns the Poller.
 func (p *Poller) Publish() {
 	p.refresh(func(*target) bool { return true })
 	p.publish()

@@ -39,6 +39,14 @@ func population(n int) []netlinkdiag.Socket {
 			port = uint16(32768 + (i*7919)%28232)
 		}
 		s.Src = netip.AddrPortFrom(addr, port)
+		if i >= listeners {
+			// Clients of the listeners come from many ports; the client
+			// side goes to one of 64 upstreams.
+			s.Dst = netip.AddrPortFrom(addr, uint16(32768+(i*104729)%28232))
+			if i%2 == 1 {
+				s.Dst = netip.AddrPortFrom(addr, uint16(9000+i%64))
+			}
+		}
 		s.Cookie = uint64(4096 + i)
 		switch p := i % 40; {
 		case i < listeners:

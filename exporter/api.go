@@ -32,6 +32,9 @@ type APISnapshot struct {
 	Transitions []APITransition `json:"transitions"`
 	// Ports is the service-port breakdown (tcpstate_port_sockets).
 	Ports APIPorts `json:"ports"`
+	// Remotes is the client side by remote endpoint
+	// (tcpstate_remote_sockets, tcpstate_remote_port_usage_ratio).
+	Remotes APIRemotes `json:"remotes"`
 	// Processes is the process breakdown (tcpstate_process_sockets); null
 	// when attribution is off.
 	Processes *APIProcesses `json:"processes"`
@@ -100,6 +103,32 @@ type APIPort struct {
 	// sockets and its limit, summed over them; 0 for "none".
 	QueueLength int `json:"queue_length"`
 	QueueLimit  int `json:"queue_limit"`
+}
+
+// APIRemotes is the client side by remote endpoint.
+type APIRemotes struct {
+	Rows []APIRemote `json:"rows"`
+	// Folded counts the endpoints summed into "other" rows.
+	Folded int `json:"folded"`
+}
+
+// APIRemote is one row of the remote breakdown.
+type APIRemote struct {
+	// Remote is an endpoint, IP:PORT or [IPv6]:PORT, or "other"
+	// (endpoints past --remote.top).
+	Remote string `json:"remote"`
+	// Netns is the namespace's name with --netns=all; left out otherwise.
+	Netns string `json:"netns,omitempty"`
+	// Sockets by state name; states with none are left out.
+	Sockets map[string]int `json:"sockets"`
+	// PortsHeld is the most local ports held toward the endpoint from any
+	// one local address that a connect() could not reuse; PortRange the
+	// ports connect() picks from. Both 0 for "other".
+	PortsHeld int `json:"ports_held"`
+	PortRange int `json:"port_range"`
+	// UsageRatio is PortsHeld/PortRange; null for "other" and when the
+	// range is unknown.
+	UsageRatio *float64 `json:"usage_ratio"`
 }
 
 // APIProcesses is the process breakdown.
@@ -313,6 +342,7 @@ func (a *API) build(s *collector.Snapshot, attr *collector.Attribution) *APISnap
 		States:              apiStates(s.PollResult, &s.Stays),
 		Transitions:         []APITransition{},
 		Ports:               APIPorts{Rows: []APIPort{}, Folded: s.Ports.Folded},
+		Remotes:             APIRemotes{Rows: []APIRemote{}, Folded: s.Remotes.Folded},
 		Exporter: APIExporter{
 			Polls:           s.Polls,
 			Overruns:        s.Overruns,
@@ -350,6 +380,13 @@ func (a *API) build(s *collector.Snapshot, attr *collector.Attribution) *APISnap
 			QueueLength: r.Queue,
 			QueueLimit:  r.Limit,
 		})
+	}
+	for _, r := range s.Remotes.Rows {
+		row := APIRemote{Remote: remoteLabel(r), Netns: r.Netns, Sockets: stateMap(r.Sockets), PortsHeld: r.Ports, PortRange: r.Range}
+		if u, ok := r.Usage(); ok {
+			row.UsageRatio = &u
+		}
+		v.Remotes.Rows = append(v.Remotes.Rows, row)
 	}
 	if a.attr != nil && attr != nil {
 		p := &APIProcesses{Time: optionalTime(attr.Time), TookSeconds: attr.Took.Seconds(), Rows: []APIProcess{}, Folded: attr.Folded, Denied: attr.Denied}
@@ -436,6 +473,15 @@ func portLabel(r collector.PortCount) string {
 		return "other"
 	}
 	return "none"
+}
+
+// remoteLabel is the remote label value of a row of the remote
+// breakdown, in the metrics and the API alike.
+func remoteLabel(r collector.RemoteCount) string {
+	if r.Other {
+		return "other"
+	}
+	return r.Remote.String()
 }
 
 // processLabel is the process label value of a row of the process

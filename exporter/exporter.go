@@ -133,6 +133,8 @@ type Exporter struct {
 	queueLength   *prometheus.Desc
 	queueLimit    *prometheus.Desc
 	truncated     *prometheus.Desc
+	remoteSockets *prometheus.Desc
+	remoteUsage   *prometheus.Desc
 	procSockets   *prometheus.Desc
 	attrDuration  *prometheus.Desc
 	attrTimestamp *prometheus.Desc
@@ -176,6 +178,8 @@ func New(src SnapshotSource, h *Histograms, opts ...Option) *Exporter {
 	e.portSockets = nd("port_sockets", "Sockets by state and local port, for ports with a LISTEN socket (the server side of a service): the busiest --port.top ports by number, the rest as port=\"other\", sockets whose local port has no listener as port=\"none\". Only non-zero series are exported.", "state", "port")
 	e.queueLength = nd("listen_queue_length", "Connections waiting in the accept queue of the port's LISTEN sockets (summed over them), a count of sockets.", "port")
 	e.queueLimit = nd("listen_queue_limit", "Accept queue limit (backlog) of the port's LISTEN sockets, summed over them.", "port")
+	e.remoteSockets = nd("remote_sockets", "Client-side sockets (local port with no listener, as port=\"none\" of tcpstate_port_sockets) by state and remote endpoint (IP:PORT, [IPv6]:PORT): the busiest --remote.top endpoints by number, the rest as remote=\"other\". Only non-zero series are exported.", "state", "remote")
+	e.remoteUsage = nd("remote_port_usage_ratio", "Share of the local port range used up toward the remote endpoint: the most local ports that sockets toward it hold from any one local address, less TIME_WAIT sockets a connect() may reuse under net.ipv4.tcp_tw_reuse, divided by the ports of net.ipv4.ip_local_port_range not in ip_local_reserved_ports. 1 means the next connect() to it fails with EADDRNOTAVAIL. Not exported when the namespace's sysctls cannot be read.", "remote")
 	e.truncated = d("breakdown_truncated_values", "Distinct values summed into \"other\" because a breakdown reached its limit; 0 means the breakdown is complete.", "breakdown")
 	e.procSockets = d("process_sockets", "Sockets in the attribution states by owning process name (comm): the top --attribution.top names, the rest as process=\"other\", sockets with no owner as \"none\", owners not found (exited, or not readable without CAP_SYS_PTRACE) as \"unknown\". Only non-zero series are exported.", "state", "process")
 	e.attrDuration = d("attribution_duration_seconds", "Time the latest attribution of sockets to processes took (a recheck of the owners already known, and a walk of /proc/PID/fd when sockets were new).")
@@ -186,7 +190,8 @@ func New(src SnapshotSource, h *Histograms, opts ...Option) *Exporter {
 
 func (e *Exporter) descs() []*prometheus.Desc {
 	ds := []*prometheus.Desc{e.sockets, e.oldest, e.transitions, e.polls, e.errors, e.overruns, e.tracked,
-		e.untracked, e.lastPoll, e.unknown, e.missing, e.inconsist, e.portSockets, e.queueLength, e.queueLimit, e.truncated}
+		e.untracked, e.lastPoll, e.unknown, e.missing, e.inconsist, e.portSockets, e.queueLength, e.queueLimit, e.truncated,
+		e.remoteSockets, e.remoteUsage}
 	if e.perNetns {
 		ds = append(ds, e.namespaces, e.netnsPoll)
 	}
@@ -275,6 +280,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		counter(e.inconsist, s.Inconsistencies[k], k.String())
 	}
 	e.collectPorts(gauge, s.Ports)
+	e.collectRemotes(gauge, s.Remotes)
 	if e.attr != nil {
 		e.collectProcesses(gauge, e.attr.Snapshot())
 	}
@@ -312,6 +318,24 @@ func (e *Exporter) collectPorts(gauge gaugeFunc, b collector.PortBreakdown) {
 		if r.Kind != collector.PortNone {
 			gauge(e.queueLength, float64(r.Queue), labels...)
 			gauge(e.queueLimit, float64(r.Limit), labels...)
+		}
+	}
+}
+
+func (e *Exporter) collectRemotes(gauge gaugeFunc, b collector.RemoteBreakdown) {
+	gauge(e.truncated, float64(b.Folded), "remote")
+	for _, r := range b.Rows {
+		labels := []string{remoteLabel(r)}
+		if e.perNetns {
+			labels = append(labels, r.Netns)
+		}
+		for _, st := range collector.States() {
+			if n := r.Sockets[st]; n > 0 {
+				gauge(e.remoteSockets, float64(n), append([]string{st.String()}, labels...)...)
+			}
+		}
+		if u, ok := r.Usage(); ok {
+			gauge(e.remoteUsage, u, labels...)
 		}
 	}
 }

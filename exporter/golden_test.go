@@ -3,6 +3,7 @@ package exporter
 import (
 	"bytes"
 	"flag"
+	"net/netip"
 	"os"
 	"os/exec"
 	"testing"
@@ -48,6 +49,14 @@ func withBreakdowns() *collector.Snapshot {
 	none := collector.PortCount{Netns: "web", Kind: collector.PortNone}
 	none.Sockets[collector.FinWait2] = 2
 	s.Ports = collector.PortBreakdown{Rows: []collector.PortCount{web, other, none}, Folded: 7}
+	up := collector.RemoteCount{Netns: "web", Remote: netip.MustParseAddrPort("10.0.0.7:5432"), Ports: 700, Range: 1000}
+	up.Sockets[collector.Established] = 20
+	up.Sockets[collector.TimeWait] = 680
+	up6 := collector.RemoteCount{Netns: "web", Remote: netip.MustParseAddrPort("[2001:db8::1]:443"), Ports: 3, Range: 1000}
+	up6.Sockets[collector.SynSend] = 3
+	rest := collector.RemoteCount{Netns: "web", Other: true}
+	rest.Sockets[collector.FinWait2] = 2
+	s.Remotes = collector.RemoteBreakdown{Rows: []collector.RemoteCount{up, up6, rest}, Folded: 3}
 	s.Namespaces = []collector.NamespaceResult{{Name: "web", Time: s.Time, PollResult: s.PollResult, Took: 3 * time.Millisecond}}
 	return s
 }

@@ -101,3 +101,9 @@ func nsPath(netns string) (string, error) {
 	}
 	return filepath.Join("/run/netns", netns), nil
 }
+
+// PortSettings reads the sysctls of the Conn's network namespace that
+// decide which local ports connect() can pick (see PortSettings). It
+// enters the namespace on a thread of its own, as dumps do, since
+// /proc/sys/net shows the namespace of the thread that opens it.
+func (c *Conn) PortSettings() (PortSettings, error) { return c.c.portSettings() }

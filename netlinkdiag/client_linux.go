@@ -31,6 +31,9 @@ type conn struct {
 	path string         // namespace file; "" for the caller's namespace
 	self netns.NsHandle // for path "": the namespace Dial ran in, to reopen there
 	ns   nsID           // the namespace the socket was opened in
+	// nsh is, for a path, the namespace the socket was opened in, held
+	// as long as the socket, so that reading its sysctls opens nothing.
+	nsh netns.NsHandle
 
 	f      *os.File // nil between a failed dump and the next; pollable
 	rc     syscall.RawConn
@@ -66,7 +69,7 @@ func identify(h netns.NsHandle) (nsID, error) {
 func (c *conn) netnsInode() uint64 { return c.ns.ino }
 
 func dial(path string) (*conn, error) {
-	c := &conn{path: path, self: netns.None(), buf: make([]byte, recvBufLen), timeout: recvTimeout}
+	c := &conn{path: path, self: netns.None(), nsh: netns.None(), buf: make([]byte, recvBufLen), timeout: recvTimeout}
 	c.recvFn = c.recvmsg
 	if err := c.open(); err != nil {
 		c.self.Close()
@@ -81,6 +84,8 @@ func (c *conn) close() error {
 	}
 	c.closed = true
 	c.self.Close()
+	c.nsh.Close()
+	c.nsh = netns.None()
 	if c.f == nil {
 		return nil
 	}
@@ -95,6 +100,8 @@ func (c *conn) drop() {
 		c.f.Close() // nothing to do about an error: the fd is gone either way
 		c.f, c.rc = nil, nil
 	}
+	c.nsh.Close()
+	c.nsh = netns.None()
 }
 
 // open opens, binds and registers a sock_diag socket in c's namespace.
@@ -135,16 +142,18 @@ func (c *conn) socket() (int, error) {
 		if err != nil {
 			return -1, err
 		}
-		defer target.Close()
 		id, err := identify(target)
 		if err != nil {
+			target.Close()
 			return -1, fmt.Errorf("netlinkdiag: stat network namespace %s: %w", c.path, err)
 		}
 		fd, err := socketIn(c.path, target)
 		if err != nil {
+			target.Close()
 			return -1, err
 		}
-		c.ns = id
+		c.nsh.Close()
+		c.ns, c.nsh = id, target
 		return fd, nil
 	}
 	// The caller's namespace is the one the dialling thread is in. Keep a
@@ -433,4 +442,60 @@ func (c *conn) recvmsg(fd uintptr) bool {
 		c.rn, c.rerrno = int(n), errno
 		return true
 	}
+}
+
+// portSettings reads the port sysctls in c's namespace.
+func (c *conn) portSettings() (PortSettings, error) {
+	if c.closed {
+		return PortSettings{}, fmt.Errorf("netlinkdiag: read sysctls on a closed Conn: %w", net.ErrClosed)
+	}
+	files := make(map[string]string, 5)
+	read := func() error {
+		for _, name := range []string{sysctlPortRange, sysctlReserved, sysctlTWReuse, sysctlTWReuseDelay, sysctlTimestamps} {
+			b, err := os.ReadFile("/proc/sys/" + name)
+			if err != nil {
+				if name == sysctlTWReuseDelay && errors.Is(err, os.ErrNotExist) {
+					continue // before Linux 6.13: a fixed second
+				}
+				return fmt.Errorf("netlinkdiag: read sysctl: %w", err)
+			}
+			files[name] = string(b)
+		}
+		return nil
+	}
+	var err error
+	if c.path != "" {
+		// In the namespace the socket is in, which the next dump reads.
+		if err := c.ensure(); err != nil {
+			return PortSettings{}, err
+		}
+		err = doIn(c.path, c.nsh, read)
+	} else {
+		err = c.inOwn(read)
+	}
+	if err != nil {
+		return PortSettings{}, err
+	}
+	return parsePortSettings(files)
+}
+
+// inOwn runs fn in the namespace a Conn for the caller's namespace was
+// dialled in: on this thread if it is there (which needs no privilege),
+// else switched into it.
+func (c *conn) inOwn(fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	here, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("netlinkdiag: open own network namespace: %w", err)
+	}
+	id, err := identify(here)
+	here.Close()
+	if err != nil {
+		return fmt.Errorf("netlinkdiag: stat own network namespace: %w", err)
+	}
+	if id == c.ns || !c.self.IsOpen() {
+		return fn()
+	}
+	return doIn("of the dialling thread", c.self, fn)
 }

@@ -1162,3 +1162,50 @@ func TestIntegrationReceiveWaitsBounded(t *testing.T) {
 		t.Fatalf("receive cancelled while waiting: %v after %v; want context.Canceled after 50ms", err, time.Since(start))
 	}
 }
+
+// TestIntegrationPortSettings reads a namespace's port sysctls after
+// changing them there, and checks that the caller's are not what it read.
+func TestIntegrationPortSettings(t *testing.T) {
+	_, path := netnstest.New(t)
+	write := func(name, v string) error {
+		return os.WriteFile("/proc/sys/"+name, []byte(v), 0o644)
+	}
+	err := Do(path, func() error {
+		return errors.Join(
+			write(sysctlPortRange, "40000 40999"),
+			write(sysctlReserved, "40010-40019"),
+			write(sysctlTWReuse, "0"),
+		)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Dial(Options{NetNS: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, err := c.PortSettings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Low != 40000 || got.High != 40999 || got.Reserved != 10 || got.TWReuse != 0 || got.Ports() != 990 {
+		t.Errorf("PortSettings() = %+v, want 40000-40999, 10 reserved, tw_reuse 0", got)
+	}
+	own, err := Dial(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	mine, err := own.PortSettings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mine == got {
+		t.Errorf("own namespace's settings %+v are the test namespace's", mine)
+	}
+	c.Close()
+	if _, err := c.PortSettings(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("PortSettings after Close = %v, want net.ErrClosed", err)
+	}
+}

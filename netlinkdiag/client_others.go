@@ -25,3 +25,5 @@ func (*conn) dumpTCP(context.Context, Request, func(*Socket) error) error {
 }
 
 func do(string, func() error) error { return errUnsupported }
+
+func (*conn) portSettings() (PortSettings, error) { return PortSettings{}, errUnsupported }

@@ -64,6 +64,7 @@ type options struct {
 	netns         string
 	maxTracked    int
 	portTop       int
+	remoteTop     int
 	attrStates    []collector.State
 	attrInterval  time.Duration
 	attrTop       int
@@ -85,6 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	app.Flag("netns", "Observe this network namespace instead of our own: a name under /run/netns or a path such as /proc/PID/ns/net; or \"all\" for every network namespace on the host, labelled netns. Needs CAP_SYS_ADMIN (and CAP_SYS_PTRACE for all).").Default("").StringVar(&o.netns)
 	app.Flag("max-tracked-sockets", "Track time in state for at most this many sockets; sockets past it are still counted, and tcpstate_untracked_sockets says how many.").Default("1048576").IntVar(&o.maxTracked)
 	app.Flag("port.top", "Listening ports named in tcpstate_port_sockets; the rest are summed as port=\"other\".").Default("20").IntVar(&o.portTop)
+	app.Flag("remote.top", "Remote endpoints named in tcpstate_remote_sockets and tcpstate_remote_port_usage_ratio, the busiest by client-side sockets; the rest are summed as remote=\"other\".").Default("20").IntVar(&o.remoteTop)
 	attrStates := app.Flag("attribution.states", "Comma-separated TCP states whose sockets are attributed to processes (tcpstate_process_sockets); empty turns attribution off.").Default("CLOSE_WAIT").String()
 	attrInterval := app.Flag("attribution.interval", "How often to attribute sockets to processes by walking /proc/PID/fd.").Default("15s").String()
 	app.Flag("attribution.top", "Process names named in tcpstate_process_sockets; the rest are summed as process=\"other\".").Default("10").IntVar(&o.attrTop)
@@ -134,6 +136,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("--attribution.top=%d: must not be negative", o.attrTop)
 	case o.portTop < 0:
 		return nil, fmt.Errorf("--port.top=%d: must not be negative", o.portTop)
+	case o.remoteTop < 0:
+		return nil, fmt.Errorf("--remote.top=%d: must not be negative", o.remoteTop)
 	case o.interval < 10*time.Millisecond:
 		return nil, fmt.Errorf("--poll.interval=%v: must be at least 10ms", o.interval)
 	case o.maxTracked < 0:
@@ -292,6 +296,7 @@ func serve(o *options, logger *slog.Logger) error {
 		NetnsInode:        netnsInode,
 		MaxTracked:        o.maxTracked,
 		PortTop:           o.portTop,
+		RemoteTop:         o.remoteTop,
 		AttributionStates: o.attrStates,
 		ObserveStay:       hist.ObserveStay,
 		ObservePoll:       hist.ObservePoll,

@@ -264,6 +264,7 @@ func TestGrafanaDashboard(t *testing.T) {
 		"tcpstate_attribution_denied_processes", "tcpstate_namespaces", "tcpstate_namespace_poll_duration_seconds",
 		"tcpstate_unknown_state_sockets", "tcpstate_missing_sockets", "tcpstate_dump_inconsistencies_total",
 		"tcpstate_mode", "tcpstate_events_total", "tcpstate_events_lost_total", "tcpstate_reconcile_corrections_total",
+		"tcpstate_remote_sockets", "tcpstate_remote_port_usage_ratio",
 	} {
 		if !metrics[m] {
 			t.Errorf("no panel shows %s", m)
@@ -303,6 +304,7 @@ var preciseOnlyMetrics = []string{"tcpstate_events_total", "tcpstate_events_lost
 var netnsLabelled = []string{
 	"tcpstate_sockets", "tcpstate_oldest_in_state_seconds", "tcpstate_port_sockets",
 	"tcpstate_listen_queue_length", "tcpstate_listen_queue_limit", "tcpstate_namespace_poll_duration_seconds",
+	"tcpstate_remote_sockets", "tcpstate_remote_port_usage_ratio",
 }
 
 var selectorRE = regexp.MustCompile(`\b(tcpstate_[a-z_]+)(\{[^}]*\})?`)
