@@ -343,9 +343,18 @@ func kernelCounts(t *testing.T, path string) map[string]map[string]int {
 // made.
 func checkNoLoss(t *testing.T, m exportertest.Metrics) {
 	t.Helper()
-	for _, reason := range []string{"ring_full", "recursion", "malformed"} {
-		if v := m.Value("tcpstate_events_lost_total", "reason="+reason); v != 0 {
-			t.Errorf("tcpstate_events_lost_total{reason=%q} = %v, want 0", reason, v)
+	checkNoLossBut(t, m, "")
+}
+
+// checkNoLossBut is checkNoLoss, a loss for reason aside.
+func checkNoLossBut(t *testing.T, m exportertest.Metrics, reason string) {
+	t.Helper()
+	for _, r := range []string{"ring_full", "recursion", "malformed"} {
+		if r == reason {
+			continue
+		}
+		if v := m.Value("tcpstate_events_lost_total", "reason="+r); v != 0 {
+			t.Errorf("tcpstate_events_lost_total{reason=%q} = %v, want 0", r, v)
 		}
 	}
 	for _, kind := range []string{"state", "handover", "unannounced", "vanished"} {
@@ -957,7 +966,14 @@ func testPreciseTimeWaitExpiry(t *testing.T) {
 	if d := cmp.Diff(kernelCounts(t, path), socketCounts(m)); d != "" {
 		t.Errorf("tcpstate_sockets at the end (-kernel +exporter)\n%s", d)
 	}
-	checkNoLoss(t, m)
+	// Over its 65 s the program runs for every TCP change on the host,
+	// other packages' tests included, and may now and then be skipped on
+	// a CPU where it already runs: counted, and repaired by a dump, which
+	// must then correct nothing here.
+	if v := m.Value("tcpstate_events_lost_total", "reason=recursion"); v > 0 {
+		t.Logf("%v events of the host lost to recursion, each followed by a dump", v)
+	}
+	checkNoLossBut(t, m, "recursion")
 }
 
 // TestIntegrationPreciseOrphanFinWait2: a client closes while its server
