@@ -175,8 +175,21 @@ func testChurnKeepsLeakExact(t *testing.T, buckets int, d time.Duration) {
 	if polls := last.polls - before.polls; polls < d.Seconds() {
 		t.Errorf("only %v polls in %v of churn: too few to test anything", polls, d)
 	}
-	if len(wrong) > 0 {
-		t.Errorf("CLOSE_WAIT count wrong at %d of %d scrapes (values seen: %s; want %d)", len(wrong), len(seen), churnTally(wrong), leak)
+	// A socket taken for closed (below) is missing from the count until the
+	// next dump finds it again, 100 ms later: a scrape in between may see
+	// the count short by it, and by no more.
+	short := 0
+	for _, o := range wrong {
+		if o.closeWait < float64(leak)-last.falseCloses || o.closeWait > float64(leak) {
+			short = -1
+			break
+		}
+		short++
+	}
+	if short < 0 || float64(short) > last.falseCloses {
+		t.Errorf("CLOSE_WAIT count wrong at %d of %d scrapes (values seen: %s; want %d; %v sockets taken for closed)", len(wrong), len(seen), churnTally(wrong), leak, last.falseCloses)
+	} else if short > 0 {
+		t.Logf("CLOSE_WAIT count short at %d of %d scrapes, while a socket two dumps skipped was taken for closed", short, len(seen))
 	}
 	if len(younger) > 0 {
 		t.Errorf("oldest CLOSE_WAIT age went down at %d of %d scrapes: %s", len(younger), len(seen), strings.Join(younger, ", "))
@@ -187,8 +200,8 @@ func testChurnKeepsLeakExact(t *testing.T, buckets int, d time.Duration) {
 	// A socket that two dumps in a row both skip is taken for closed, and
 	// counted as new when it shows again (README, "two dumps"): in a
 	// 128-bucket table under 20,000-35,000 connections a second this
-	// happens to one CLOSE_WAIT socket in some runs (the count above, right
-	// at every scrape, shows each came back). More is a fault.
+	// happens to one CLOSE_WAIT socket in some runs (the count above shows
+	// each came back). More is a fault.
 	if last.falseCloses > maxFalseCloses {
 		t.Errorf("%v CLOSE_WAIT->CLOSED transitions (and %v CLOSED->CLOSE_WAIT), though none of the %d CLOSE_WAIT sockets closed; at most %d",
 			last.falseCloses, last.falseOpens, leak, maxFalseCloses)
