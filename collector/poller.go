@@ -809,6 +809,9 @@ func (p *Poller) ApplyEvents(batch []KernelTransition) {
 		if !ok {
 			continue
 		}
+		if tr.From == FinWait2 && len(t.closing) > 0 {
+			p.unannouncedFinWait2(t, k, tr)
+		}
 		t.tracker.Apply(tr)
 		p.next.Events++
 		p.followClose(t, k, tr)
@@ -825,6 +828,25 @@ func (p *Poller) ApplyEvents(batch []KernelTransition) {
 // maxRemnants bounds each namespace's table of remnants in FIN_WAIT2, and
 // of sockets in FIN_WAIT1; past it, their changes wait for a dump.
 const maxRemnants = 1 << 16
+
+// unannouncedFinWait2 applies, before a socket's own change out of
+// FIN_WAIT2, the FIN_WAIT1 -> FIN_WAIT2 the kernel did not announce (the
+// gap followClose describes; a half-closed socket, not orphaned, shows it
+// too): at the moment its peer received its FIN if the peer was seen, else
+// at this change. It is counted as a correction of kind peer.
+func (p *Poller) unannouncedFinWait2(t *target, k *KernelTransition, tr Transition) {
+	c := connection{k.Src, k.Dst}
+	e, ok := t.closing[c]
+	if !ok || e.cookie != k.Cookie {
+		return
+	}
+	delete(t.closing, c)
+	if st, ok := t.tracker.State(k.Cookie); !ok || st != FinWait1 {
+		return
+	}
+	t.tracker.Apply(Transition{Cookie: k.Cookie, Netns: k.Netns, Family: tr.Family, From: FinWait1, To: FinWait2, At: min(cmp.Or(e.finAt, k.At), k.At)})
+	p.next.Corrections[CorrectionPeer]++
+}
 
 // followClose follows an active close through the events of both ends
 // where both are observed, to repair one the kernel did not announce.

@@ -486,3 +486,46 @@ func TestPollerPeerShowsUnannouncedHandOver(t *testing.T) {
 		t.Errorf("%d sockets in FIN_WAIT1 still remembered after the dump", n)
 	}
 }
+
+// TestPollerUnannouncedFinWait2BeforeItsEnd: a half-closed socket whose
+// FIN_WAIT1 -> FIN_WAIT2 the kernel did not announce, and whose hand-over
+// to TIME_WAIT it did, goes through FIN_WAIT_2 first, when its peer got
+// its FIN, counted as a correction of kind peer.
+func TestPollerUnannouncedFinWait2BeforeItsEnd(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	d := &fakeDumper{clock: clock, steps: []step{{}}}
+	const ino = 4026532000
+	var stays []time.Duration
+	p := NewPoller(d, Config{MaxTracked: 10, Now: clock.Now, NetnsInode: ino, ObserveStay: func(s State, d time.Duration) {
+		if s == FinWait1 {
+			stays = append(stays, d)
+		}
+	}})
+	if err := p.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	at := func(d time.Duration) int64 { return clock.now.Add(d).UnixNano() }
+	c, s := netip.MustParseAddrPort("127.0.0.1:40000"), netip.MustParseAddrPort("127.0.0.1:80")
+	ev := func(d time.Duration, cookie uint64, old, new uint8, local, remote netip.AddrPort) KernelTransition {
+		return KernelTransition{At: at(d), Cookie: cookie, Netns: ino, Family: syscall.AF_INET, Old: old, New: new, Src: local, Dst: remote}
+	}
+	end := ev(9*time.Millisecond, 1, netlinkdiag.StateFinWait2, netlinkdiag.StateClose, c, s)
+	end.FinReceived = true
+	p.ApplyEvents([]KernelTransition{
+		ev(0, 1, netlinkdiag.StateClose, netlinkdiag.StateSynSent, c, s),
+		ev(time.Millisecond, 1, netlinkdiag.StateSynSent, netlinkdiag.StateEstablished, c, s),
+		ev(2*time.Millisecond, 1, netlinkdiag.StateEstablished, netlinkdiag.StateFinWait1, c, s),
+		ev(3*time.Millisecond, 2, netlinkdiag.StateEstablished, netlinkdiag.StateCloseWait, s, c),
+		ev(8*time.Millisecond, 2, netlinkdiag.StateCloseWait, netlinkdiag.StateLastAck, s, c),
+		end,
+	})
+	p.Publish()
+	snap := p.Snapshot()
+	if snap.Transitions[FinWait1][FinWait2] != 1 || snap.Transitions[FinWait2][TimeWait] != 1 || snap.Corrections[CorrectionPeer] != 1 {
+		t.Errorf("FIN_WAIT_1 -> FIN_WAIT_2 %d, FIN_WAIT_2 -> TIME_WAIT %d, peer corrections %d; want 1, 1, 1",
+			snap.Transitions[FinWait1][FinWait2], snap.Transitions[FinWait2][TimeWait], snap.Corrections[CorrectionPeer])
+	}
+	if want := []time.Duration{time.Millisecond}; !slices.Equal(stays, want) {
+		t.Errorf("FIN_WAIT_1 stays %v, want %v (until the peer got the FIN)", stays, want)
+	}
+}
